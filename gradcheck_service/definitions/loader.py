@@ -1,0 +1,73 @@
+"""Loading a model definition from a path: ``.json`` specs (no code runs) and ``.py`` model files (executed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .base import Definition, DefinitionError, Problem
+from .build import build_from_spec
+from .pyfile import load_python_file
+from .spec import SpecLimits
+
+MAX_SPEC_BYTES = 1024 * 1024
+ACCEPTED = "a .json model spec or a .py model file"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def parse_spec_text(text: str, origin: str = "spec") -> Any:
+    """Decode JSON text strictly (no NaN/Infinity, no duplicate keys); errors carry line and column."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_SPEC_BYTES:
+        raise DefinitionError(f"{origin}: spec too large", [Problem("$", f"larger than {MAX_SPEC_BYTES:,} bytes")])
+    try:
+        return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise DefinitionError(f"{origin}: invalid JSON", [Problem("$", f"{exc.msg} at {where}")]) from None
+    except RecursionError:
+        raise DefinitionError(f"{origin}: invalid JSON", [Problem("$", "nested too deeply")]) from None
+    except ValueError as exc:  # our hooks, and integers with more digits than Python will parse
+        raise DefinitionError(f"{origin}: invalid JSON", [Problem("$", str(exc))]) from None
+
+
+def load_spec_file(path: str | Path, limits: SpecLimits | None = None) -> Definition:
+    """Read, validate and build a ``.json`` spec; every error names the file and, inside it, the JSON path."""
+    path = Path(path)
+    if not path.is_file():
+        reason = "no such file" if not path.exists() else "not a regular file"
+        raise DefinitionError(f"{path}: {reason}", [Problem(str(path), reason)])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DefinitionError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    data = parse_spec_text(text, str(path))
+    try:
+        definition = build_from_spec(data, source=text, name=path.stem, limits=limits)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{path}: {exc.message}", exc.problems) from None
+    definition.metadata["path"] = str(path.resolve())
+    return definition
+
+
+def load_path(path: str) -> Definition:
+    """Load a definition by suffix: ``.json`` -> spec, ``.py`` -> model file (which is executed)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return load_spec_file(path)
+    if suffix == ".py":
+        return load_python_file(path)
+    raise DefinitionError(f"{path}: unsupported kind of model definition '{suffix or '(no suffix)'}'; "
+                          f"expected {ACCEPTED}", [Problem(str(path), f"expected {ACCEPTED}")])
