@@ -1,0 +1,85 @@
+"""The analytic side: autograd's gradients of the loss, and what the output-space check needs from the pass."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..options import CheckOptions
+from .gradcheck import is_linear_in_parameters
+from .loss import LossFn
+from .working_copy import CheckError, WorkingCopy
+
+
+@dataclass
+class LayerCall:
+    """Input, output and autograd's output gradient of one call of a Linear/Conv layer."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    grad_z: torch.Tensor | None = None
+
+
+@dataclass
+class AnalyticPass:
+    parameter_grads: dict[str, torch.Tensor | None]
+    input_grads: dict[int, torch.Tensor | None]
+    layer_calls: dict[str, list[LayerCall]] = field(default_factory=dict)
+
+
+def run_analytic(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> AnalyticPass:
+    """One seeded forward + backward on the working copy (on CUDA when asked), recording layer calls."""
+    module, inputs = work.module, work.inputs
+    if opts.device == "cuda":
+        if not torch.cuda.is_available():
+            raise CheckError("device 'cuda' was asked for but no CUDA device is available")
+        module = copy.deepcopy(work.module).to("cuda")
+        inputs = tuple(t.to("cuda") for t in inputs)
+    names = dict(work.trainable_parameters())
+    params = [p for n, p in module.named_parameters() if n in names]
+    args = tuple(t.detach().clone().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
+    calls: dict[str, list[LayerCall]] = {}
+    handles = []
+    for name, m in module.named_modules():
+        if is_linear_in_parameters(m):
+            handles.append(m.register_forward_hook(_recorder(name, calls)))
+    try:
+        torch.manual_seed(opts.seed)
+        out = module(*args)
+        value = loss(out, *args)
+        float_args = [args[i] for i in work.float_input_indices]
+        grads = torch.autograd.grad(value, params + float_args, allow_unused=True) if value.requires_grad else (
+            [None] * (len(params) + len(float_args)))
+    finally:
+        for h in handles:
+            h.remove()
+        if opts.device == "cuda":
+            del module
+    param_names = [n for n, _ in module_param_names(work)]
+    return AnalyticPass(
+        parameter_grads={n: _cpu(g) for n, g in zip(param_names, grads[: len(params)], strict=True)},
+        input_grads={i: _cpu(g) for i, g in zip(work.float_input_indices, grads[len(params):], strict=True)},
+        layer_calls={k: [LayerCall(_cpu(c.x), _cpu(c.z), _cpu(c.grad_z)) for c in v] for k, v in calls.items()},
+    )
+
+
+def module_param_names(work: WorkingCopy) -> list[tuple[str, nn.Parameter]]:
+    return work.trainable_parameters()
+
+
+def _recorder(name: str, calls: dict[str, list[LayerCall]]):  # type: ignore[no-untyped-def]
+    def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        call = LayerCall(x=args[0].detach().clone(), z=out.detach().clone())
+        calls.setdefault(name, []).append(call)
+        if out.requires_grad:
+            def keep(g: torch.Tensor) -> None:
+                call.grad_z = g.detach().clone()
+            out.register_hook(keep)
+    return hook
+
+
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:  # type: ignore[misc]
+    return None if t is None else t.detach().to("cpu")

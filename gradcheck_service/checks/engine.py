@@ -1,0 +1,223 @@
+"""``check()``: the public entry point that runs every section of a report on one model."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..options import CheckOptions
+from ..report import Environment, GradientCheck, Localization, ModelInfo, Report, TensorCheck, Timings
+from .analytic import AnalyticPass, run_analytic
+from .evaluator import LossEvaluator, Target
+from .gradcheck import Checked, check_tensor
+from .linear_layers import check_linear_layers
+from .loss import LossFn, resolve_loss
+from .working_copy import CheckError, WorkingCopy, make_working_copy
+
+Progress = Callable[[str, float], None]
+
+__all__ = ["check", "CheckError"]
+
+
+def check(
+    model: nn.Module,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
+    loss_fn: LossFn | None = None,
+    *,
+    progress: Progress | None = None,
+    name: str | None = None,
+    options: CheckOptions | None = None,
+    **option_values: Any,
+) -> Report:
+    """Check ``model``'s backward pass against float64 finite differences and profile its training health.
+
+    ``inputs`` is one example batch (a tensor or a tuple of tensors; integer and bool tensors pass through
+    unperturbed). ``loss_fn(output, *inputs)`` defaults to a fixed random projection of every float output.
+    Options are the fields of :class:`CheckOptions`, as keywords or as ``options=``. The model itself is left
+    exactly as it was: mode, parameters, buffers and ``.grad``.
+
+    Raises :class:`CheckError` for unusable input (not a module, no float output, a forward that raises).
+    """
+    opts = options if options is not None else CheckOptions(**option_values)
+    if options is not None and option_values:
+        raise CheckError("pass options either as keywords or as options=, not both")
+    if not isinstance(model, nn.Module):
+        raise CheckError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs_tuple = normalize_inputs(inputs)
+    report_progress = progress or (lambda _stage, _fraction: None)
+    started = time.perf_counter()
+    timings = Timings()
+    loss = resolve_loss(loss_fn, opts.seed)
+
+    with torch.random.fork_rng(devices=[]):
+        work = make_working_copy(model, inputs_tuple, loss, opts)
+        t0 = time.perf_counter()
+        gradient_check, analytic, evaluator = run_gradient_check(work, loss, opts, report_progress)
+        timings.gradient_check_s = time.perf_counter() - t0
+        localization = Localization(performed=False)
+        if not gradient_check.passed and opts.localize:
+            from .localize import localize
+
+            t0 = time.perf_counter()
+            report_progress("localization", 0.0)
+            localization = localize(work, loss, opts, analytic)
+            timings.localization_s = time.perf_counter() - t0
+        if opts.order == 2:
+            from .second_order import check_second_order
+
+            gradient_check.second_order = check_second_order(work, loss, opts)
+            gradient_check.passed &= all(t.passed for t in gradient_check.second_order)
+
+    sections = measure_health_and_memory(model, inputs_tuple, loss, opts, timings, report_progress)
+    timings.total_s = time.perf_counter() - started
+    report = Report(
+        passed=False,
+        model=model_info(model, name),
+        options=opts,
+        gradient_check=gradient_check,
+        localization=localization,
+        timings=timings,
+        environment=Environment(torch=torch.__version__, python=sys.version.split()[0], platform=platform.platform()),
+        warnings=work.notes,
+        **sections,
+    )
+    report.failed_because = verdict_reasons(report, opts)
+    report.passed = not report.failed_because
+    report_progress("done", 1.0)
+    return report
+
+
+def normalize_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,)
+    if isinstance(inputs, list | tuple) and all(isinstance(t, torch.Tensor) for t in inputs):
+        return tuple(inputs)
+    raise CheckError("inputs must be a Tensor or a tuple of Tensors (one example batch)")
+
+
+def run_gradient_check(
+    work: WorkingCopy, loss: LossFn, opts: CheckOptions, progress: Progress
+) -> tuple[GradientCheck, AnalyticPass, LossEvaluator]:
+    analytic = run_analytic(work, loss, opts)
+    evaluator = LossEvaluator(work.module, work.inputs, loss, opts.seed, chunk_size=opts.chunk_size)
+    gen = torch.Generator().manual_seed(opts.seed + 7919)
+    by_output, notes = check_linear_layers(work, analytic, evaluator, opts, gen)
+    items = checked_tensors(work, analytic)
+    total = max(len(items), 1)
+    results: dict[str, TensorCheck] = {}
+    for i, item in enumerate(items):
+        progress("gradient check", i / total)
+        results[item.name] = by_output.get(item.name) or check_tensor(evaluator, item, opts, work.dtype, gen)
+    progress("gradient check", 1.0)
+    params = [results[n] for n, _ in work.trainable_parameters()]
+    inputs = [results[f"input[{i}]"] for i in work.float_input_indices]
+    return (
+        GradientCheck(
+            passed=all(t.passed for t in params + inputs),
+            mode=opts.mode,
+            order=opts.order,
+            dtype=str(work.dtype).replace("torch.", ""),
+            promoted=work.promoted,
+            device=opts.device,
+            evaluator="sequential" if evaluator.any_fallback else "batched",
+            evaluations=evaluator.evaluations,
+            parameters=params,
+            inputs=inputs,
+            frozen_parameters=[n for n, p in work.module.named_parameters() if not p.requires_grad],
+            notes=notes,
+        ),
+        analytic,
+        evaluator,
+    )
+
+
+def checked_tensors(work: WorkingCopy, analytic: AnalyticPass) -> list[Checked]:
+    items = []
+    for name, p in work.trainable_parameters():
+        grad = analytic.parameter_grads[name]
+        items.append(Checked(
+            name=name, kind="parameter", target=Target("parameter", name, p.detach()),
+            analytic=_as_float64(grad, p), unused=grad is None,
+        ))
+    for i in work.float_input_indices:
+        grad = analytic.input_grads[i]
+        x = work.inputs[i]
+        items.append(Checked(
+            name=f"input[{i}]", kind="input", target=Target("input", f"input[{i}]", x.detach(), input_index=i),
+            analytic=_as_float64(grad, x), unused=grad is None,
+        ))
+    return items
+
+
+def _as_float64(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if grad is None:
+        return torch.zeros(like.shape, dtype=torch.float64)
+    return grad.detach().to("cpu", torch.float64)
+
+
+def measure_health_and_memory(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, opts: CheckOptions, timings: Timings,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Gradient norms, diagnosis and memory, measured on the model as given (its own dtype and device)."""
+    sections: dict[str, Any] = {}
+    device_inputs = inputs
+    if opts.health:
+        from .health import analyze_gradients
+
+        progress("gradient health", 0.0)
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            norms, diagnosis = analyze_gradients(model, device_inputs, loss, opts.thresholds, opts.seed)
+        sections["gradient_norms"], sections["diagnosis"] = norms, diagnosis
+        timings.health_s = time.perf_counter() - t0
+    if opts.memory:
+        from .memory import profile_memory
+
+        progress("memory", 0.0)
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            sections["memory"] = profile_memory(model, device_inputs, loss, opts)
+        timings.memory_s = time.perf_counter() - t0
+    return sections
+
+
+def verdict_reasons(report: Report, opts: CheckOptions) -> list[str]:
+    reasons = []
+    gc = report.gradient_check
+    failing = [t.name for t in gc.parameters + gc.inputs if not t.passed]
+    if failing:
+        where = f" in {', '.join(report.localization.faulty_modules)}" if report.localization.faulty_modules else ""
+        reasons.append(f"gradient check failed for {', '.join(failing[:8])}{'...' if len(failing) > 8 else ''}{where}")
+    failing2 = [t.name for t in gc.second_order if not t.passed]
+    if failing2:
+        reasons.append(f"second-order check failed for {', '.join(failing2[:8])}")
+    diagnosis = report.diagnosis
+    for kind in opts.fail_on:
+        flagged = bool(getattr(diagnosis, kind, False)) if diagnosis is not None else False
+        findings = getattr(diagnosis, "findings", []) if diagnosis is not None else []
+        flagged |= any(getattr(f, "kind", None) == kind for f in findings)
+        memory_findings = getattr(report.memory, "findings", []) if report.memory is not None else []
+        flagged |= any(getattr(f, "kind", None) == kind for f in memory_findings)
+        if flagged:
+            reasons.append(f"diagnosis: {kind} (listed in fail_on)")
+    return reasons
+
+
+def model_info(model: nn.Module, name: str | None) -> ModelInfo:
+    params = list(model.parameters())
+    first = next((p for p in params if p.is_floating_point()), None)
+    return ModelInfo(
+        name=name or type(model).__name__,
+        type=f"{type(model).__module__}.{type(model).__qualname__}",
+        parameters=sum(p.numel() for p in params),
+        trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+        dtype=str(first.dtype).replace("torch.", "") if first is not None else "none",
+        device=str(first.device) if first is not None else "cpu",
+    )

@@ -1,0 +1,225 @@
+"""Evaluate the loss of a model under many perturbations, batched when possible.
+
+A perturbation is added to one *target*: a parameter, a float input, or the output of one module call (the last
+lets a check perturb ``z = x W^T + b`` directly, see :mod:`gradcheck_service.checks.gradcheck`). Perturbations are
+evaluated in chunks with ``torch.func.vmap``: only the part of the forward that depends on the target is batched,
+so the unperturbed prefix is computed once per chunk, not once per perturbation. Every chunk starts from the same
+seed, so dropout draws the same mask in every evaluation. A model that cannot run under vmap (in-place updates of
+state, unsupported ops) or that computes something different under vmap is evaluated one perturbation at a time,
+which is slower but exact; the report says which evaluator ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .loss import LossFn, RandomProjection, float_leaves
+
+TargetKind = Literal["parameter", "input", "output"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where perturbations go. ``name`` is a parameter name, ``input[i]``, or a module name for outputs."""
+
+    kind: TargetKind
+    name: str
+    base: torch.Tensor
+    input_index: int = -1
+    module: nn.Module | None = None
+    call: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.kind, self.name, self.call)
+
+
+class LossEvaluator:
+    """``loss(target + delta)`` for batches of deltas, always under the same seed."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        loss_fn: LossFn,
+        seed: int,
+        chunk_size: int = 256,
+        memory_budget_bytes: int = 512 * 2**20,
+        rng_state: torch.Tensor | None = None,
+    ) -> None:
+        self.model = model
+        self.rng_state = rng_state
+        self.inputs = inputs
+        self.loss_fn = loss_fn
+        self.seed = seed
+        self.evaluations = 0
+        self._batched_ok: dict[tuple[str, str, int], bool] = {}
+        self._state = {k: v.detach().clone() for k, v in model.named_buffers()}
+        self._output_delta: tuple[nn.Module, int, torch.Tensor] | None = None
+        self._calls: dict[int, int] = {}
+        self._hooks: list[Any] = []
+        self.any_fallback = False
+        activation_bytes = self._measure_activation_bytes()
+        self.chunk_size = max(1, min(chunk_size, memory_budget_bytes // max(activation_bytes, 1)))
+        self.base_loss = float(self.loss())
+        self.loss_scale = max(abs(self.base_loss), self._absolute_loss_scale())
+
+    # -- plain evaluation -------------------------------------------------------------------------------------------
+
+    def _measure_activation_bytes(self) -> int:
+        total = 0
+
+        def count(_m: nn.Module, _i: Any, out: Any) -> None:
+            nonlocal total
+            total += sum(t.numel() * t.element_size() for t in float_leaves(out))
+
+        handles = [m.register_forward_hook(count) for m in self.model.modules()]
+        try:
+            with torch.no_grad():
+                self._forward(self.inputs)
+        finally:
+            for h in handles:
+                h.remove()
+            self._restore_state()
+        return total
+
+    def _absolute_loss_scale(self) -> float:
+        """Sum of |terms| of a random-projection loss: the magnitude its roundoff scales with."""
+        if not isinstance(self.loss_fn, RandomProjection):
+            return 0.0
+        with torch.no_grad(), self._seeded():
+            out = self.model(*self.inputs)
+            total = sum(
+                float((leaf * self.loss_fn.weight(i, leaf)).abs().sum()) for i, leaf in enumerate(float_leaves(out))
+            )
+        self._restore_state()
+        return total
+
+    def _reseed(self) -> None:
+        # The CPU generator alone: torch.manual_seed also walks every accelerator backend (~1 ms a call).
+        if self.rng_state is not None:
+            torch.set_rng_state(self.rng_state)
+        else:
+            torch.default_generator.manual_seed(self.seed)
+
+    @contextmanager
+    def _seeded(self) -> Iterator[None]:
+        self._reseed()
+        yield
+
+    def _restore_state(self) -> None:
+        """Put buffers back: a forward in train mode may update state (running stats, counters)."""
+        with torch.no_grad():
+            for name, value in self.model.named_buffers():
+                saved = self._state.get(name)
+                if saved is not None and value.shape == saved.shape and not value.equal(saved):
+                    value.copy_(saved)
+
+    def _forward(self, inputs: Sequence[torch.Tensor], overrides: dict[str, torch.Tensor] | None = None) -> Any:
+        self._reseed()
+        self._calls.clear()
+        if overrides:
+            return functional_call(self.model, overrides, tuple(inputs), strict=False)
+        return self.model(*inputs)
+
+    def loss(self) -> torch.Tensor:
+        with torch.no_grad():
+            out = self._forward(self.inputs)
+            value = self.loss_fn(out, *self.inputs)
+        self._restore_state()
+        self.evaluations += 1
+        return value.detach()
+
+    # -- perturbed evaluation ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _output_hook(self, target: Target) -> Iterator[None]:
+        assert target.module is not None
+        module = target.module
+
+        def add_delta(m: nn.Module, _args: Any, out: Any) -> Any:
+            call = self._calls.get(id(m), 0)
+            self._calls[id(m)] = call + 1
+            pending = self._output_delta
+            if pending is not None and pending[0] is m and pending[1] == call:
+                return out + pending[2]
+            return out
+
+        handle = module.register_forward_hook(add_delta)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._output_delta = None
+
+    def _perturbed_loss(self, target: Target, delta: torch.Tensor) -> torch.Tensor:
+        if target.kind == "parameter":
+            out = self._forward(self.inputs, {target.name: target.base + delta})
+            return self.loss_fn(out, *self.inputs)
+        if target.kind == "input":
+            inputs = list(self.inputs)
+            inputs[target.input_index] = target.base + delta
+            out = self._forward(inputs)
+            return self.loss_fn(out, *inputs)
+        assert target.module is not None
+        self._output_delta = (target.module, target.call, delta)
+        out = self._forward(self.inputs)
+        return self.loss_fn(out, *self.inputs)
+
+    def losses(self, target: Target, deltas: torch.Tensor) -> torch.Tensor:
+        """Loss at ``target.base + deltas[k]`` for every k; returns a 1-D tensor of len(deltas)."""
+        with torch.no_grad(), self._maybe_hook(target):
+            if self._batched_ok.get(target.key) is None:
+                self._batched_ok[target.key] = self._batched_matches(target)
+                self.any_fallback |= not self._batched_ok[target.key]
+            if self._batched_ok[target.key]:
+                return self._batched(target, deltas)
+            return self._sequential(target, deltas)
+
+    def _maybe_hook(self, target: Target) -> Any:
+        if target.kind == "output":
+            return self._output_hook(target)
+        return _nullcontext()
+
+    def _batched(self, target: Target, deltas: torch.Tensor) -> torch.Tensor:
+        fn: Callable[[torch.Tensor], torch.Tensor] = lambda d: self._perturbed_loss(target, d)  # noqa: E731
+        batched = vmap(fn, randomness="same")
+        parts = []
+        for start in range(0, deltas.shape[0], self.chunk_size):
+            parts.append(batched(deltas[start : start + self.chunk_size]))
+            self._restore_state()
+        self.evaluations += deltas.shape[0]
+        return torch.cat(parts)
+
+    def _sequential(self, target: Target, deltas: torch.Tensor) -> torch.Tensor:
+        values = torch.empty(deltas.shape[0], dtype=deltas.dtype)
+        for k in range(deltas.shape[0]):
+            values[k] = self._perturbed_loss(target, deltas[k]).detach().to("cpu")
+            self._restore_state()
+        self.evaluations += deltas.shape[0]
+        return values
+
+    def _batched_matches(self, target: Target) -> bool:
+        """Whether vmap runs this model and reproduces the plain loss exactly enough (same dropout draws)."""
+        zeros = torch.zeros((2, *target.base.shape), dtype=target.base.dtype, device=target.base.device)
+        try:
+            values = self._batched(target, zeros)
+        except Exception:  # any op without a batching rule, in-place state updates, data-dependent control flow
+            self._restore_state()
+            return False
+        finally:
+            self.evaluations -= 2
+        tol = 1e-9 * max(self.loss_scale, 1e-30) if target.base.dtype == torch.float64 else 1e-4 * self.loss_scale
+        return bool(((values - self.base_loss).abs() <= tol).all())
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield

@@ -1,0 +1,205 @@
+"""Per-tensor gradient checks: which coordinates and probes to measure, and the verdict for each tensor."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import vjp
+
+from ..options import CheckOptions
+from ..report import Coordinate, TensorCheck
+from .directions import Measured, measure, measure_coordinates, probe_directions
+from .evaluator import LossEvaluator, Target
+from .finite_difference import relative_floor
+
+# Relative-error denominators never drop below this fraction of the tensor's largest gradient, so an entry whose
+# gradient is ~0 does not report a meaningless relative error of 1e9.
+REL_DENOMINATOR_FLOOR = 1e-6
+TINY = 1e-300
+
+
+@dataclass
+class Checked:
+    """A tensor to check: its perturbation target and autograd's gradient for it (zeros when unused)."""
+
+    name: str
+    kind: str  # "parameter" | "input"
+    target: Target
+    analytic: torch.Tensor  # float64, same shape as target.base
+    unused: bool
+
+
+@dataclass
+class Comparison:
+    index: torch.Tensor  # [m, ndim] coordinates, or [m, 0] for probes
+    analytic: torch.Tensor
+    numeric: torch.Tensor
+    tolerance: torch.Tensor
+    kink: torch.Tensor
+
+    @property
+    def abs_error(self) -> torch.Tensor:
+        return (self.analytic - self.numeric).abs()
+
+    @property
+    def failed(self) -> torch.Tensor:
+        return (self.abs_error > self.tolerance) & ~self.kink
+
+    @staticmethod
+    def cat(parts: list[Comparison]) -> Comparison:
+        return Comparison(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                            ("index", "analytic", "numeric", "tolerance", "kink")))
+
+
+def compare(
+    analytic: torch.Tensor, measured: Measured, index: torch.Tensor, options: CheckOptions, dtype: torch.dtype
+) -> Comparison:
+    scale = torch.maximum(analytic.abs(), measured.numeric.abs())
+    tol = options.safety_factor * measured.error + relative_floor(dtype) * scale
+    return Comparison(index, analytic, measured.numeric, tol, measured.kink)
+
+
+def boundary_indices(shape: torch.Size, limit: int = 16) -> list[int]:
+    """Flat indices of the tensor's corners (first/last along every dimension): where off-by-one bugs live."""
+    if not shape:
+        return [0]
+    corners = itertools.product(*[sorted({0, n - 1}) for n in shape])
+    flat = [int(torch.tensor(c) @ torch.tensor(_strides(shape))) for c in itertools.islice(corners, limit)]
+    return sorted(set(flat))
+
+
+def _strides(shape: torch.Size) -> list[int]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return list(reversed(strides))
+
+
+def plan_coordinates(numel: int, shape: torch.Size, options: CheckOptions, gen: torch.Generator) -> tuple[
+    torch.Tensor, str
+]:
+    """Flat indices to check coordinate-wise, and the coverage that gives."""
+    if options.mode == "fast":
+        return torch.empty(0, dtype=torch.long), "probes"
+    if options.mode == "full" or numel <= options.max_coordinates:
+        return torch.arange(numel), "full"
+    chosen = set(boundary_indices(shape))
+    sample = torch.randperm(numel, generator=gen)[: options.sample_coordinates].tolist()
+    chosen.update(sample)
+    return torch.tensor(sorted(chosen), dtype=torch.long), "sampled"
+
+
+def check_tensor(
+    evaluator: LossEvaluator, item: Checked, options: CheckOptions, dtype: torch.dtype, gen: torch.Generator
+) -> TensorCheck:
+    """Compare autograd with finite differences for one tensor, by coordinates and/or probes."""
+    base = item.target.base
+    numel = base.numel()
+    flat, coverage = plan_coordinates(numel, base.shape, options, gen)
+    parts: list[Comparison] = []
+    if flat.numel():
+        measured = measure_coordinates(evaluator, item.target, flat, dtype)
+        index = torch.stack(torch.unravel_index(flat, base.shape), dim=1) if base.dim() else flat[:, None] * 0
+        parts.append(compare(item.analytic.reshape(-1)[flat], measured, index[:, : base.dim()], options, dtype))
+    n_probes = 0 if coverage == "full" else options.probes
+    probe_part = None
+    if n_probes:
+        dirs = probe_directions(base, n_probes, gen)
+        measured = measure(evaluator, item.target, dirs, dtype)
+        analytic = (dirs.to(torch.float64).reshape(n_probes, -1) @ item.analytic.reshape(-1))
+        probe_part = compare(analytic, measured, torch.empty((n_probes, 0), dtype=torch.long), options, dtype)
+    return summarize(item, parts[0] if parts else None, probe_part, coverage,
+                     method="central differences (Richardson, 2 steps)", numel=numel)
+
+
+def summarize(
+    item: Checked, coords: Comparison | None, probes: Comparison | None, coverage: str, method: str, numel: int,
+    note: str | None = None,
+) -> TensorCheck:
+    """Reduce comparisons to the per-tensor verdict the report shows."""
+    pool = coords if coords is not None and coords.analytic.numel() else probes
+    assert pool is not None, "a tensor check needs coordinates or probes"
+    failed = int(coords.failed.sum()) if coords is not None else 0
+    probes_failed = int(probes.failed.sum()) if probes is not None else 0
+    valid = ~pool.kink
+    err = torch.where(valid, pool.abs_error, torch.zeros_like(pool.abs_error))
+    denom_floor = max(float(pool.numeric.abs().max()) * REL_DENOMINATOR_FLOOR, TINY) if pool.numeric.numel() else TINY
+    denom = torch.clamp(torch.maximum(pool.analytic.abs(), pool.numeric.abs()), min=denom_floor)
+    ratio = torch.where(valid, pool.abs_error / torch.clamp(pool.tolerance, min=TINY), torch.full_like(err, -1.0))
+    worst_i = int(ratio.argmax()) if ratio.numel() else 0
+    worst = None
+    if ratio.numel() and float(ratio[worst_i]) >= 0:
+        worst = Coordinate(
+            index=[int(v) for v in pool.index[worst_i].tolist()],
+            analytic=float(pool.analytic[worst_i]),
+            numeric=float(pool.numeric[worst_i]),
+            abs_error=float(pool.abs_error[worst_i]),
+            tolerance=float(pool.tolerance[worst_i]),
+        )
+    notes = [note] if note else []
+    if probes_failed:
+        notes.append(f"{probes_failed} of {probes.analytic.numel()} random-direction probes failed")  # type: ignore[union-attr]
+    if item.unused:
+        notes.append("autograd returned no gradient (None); compared as zero")
+    return TensorCheck(
+        name=item.name,
+        kind=item.kind,  # type: ignore[arg-type]
+        shape=list(item.target.base.shape),
+        dtype=str(item.target.base.dtype).replace("torch.", ""),
+        passed=failed == 0 and probes_failed == 0,
+        coverage=coverage,  # type: ignore[arg-type]
+        method=method,
+        numel=numel,
+        coordinates_checked=int(coords.analytic.numel()) if coords is not None else 0,
+        probes=int(probes.analytic.numel()) if probes is not None else 0,
+        failed_coordinates=failed,
+        kinks=int(pool.kink.sum()),
+        max_abs_error=float(err.max()) if err.numel() else 0.0,
+        max_rel_error=float((err / denom).max()) if err.numel() else 0.0,
+        worst=worst,
+        unused=item.unused,
+        note="; ".join(notes) or None,
+    )
+
+
+# -- output-space checks for layers that are linear in their own parameters ----------------------------------------
+
+LINEAR_IN_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_linear_in_parameters(module: nn.Module) -> bool:
+    """A stock Linear/Conv whose forward is the library's own (a subclass overriding forward is not trusted)."""
+    return any(type(module).forward is cls.forward and isinstance(module, cls) for cls in LINEAR_IN_PARAMETERS)
+
+
+def linear_map(module: nn.Module, x: torch.Tensor):  # type: ignore[no-untyped-def]
+    """``(weight, bias) -> output`` of the module at a fixed input: exactly linear in (weight, bias)."""
+    if isinstance(module, nn.Linear):
+        return lambda w, b: F.linear(x, w, b)
+    return lambda w, b: module._conv_forward(x, w, b)  # type: ignore[operator]
+
+
+def parameter_space_from_output(
+    module: nn.Module, x: torch.Tensor, numeric_z: torch.Tensor, error_z: torch.Tensor, has_bias: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Numeric parameter gradients and their error bounds from output-space finite differences.
+
+    ``z = f(x; W, b)`` is exactly linear in ``(W, b)``, so ``dL/dW = J^T dL/dz`` holds exactly with ``J`` the
+    layer's own (trusted, library) linear map; the numeric ``dL/dz`` carries all the finite-difference error, and
+    ``|J|^T err_z`` (the same map applied to ``|x|``) bounds the error it induces in every weight.
+    """
+    w = module.weight.detach()
+    b = module.bias.detach() if has_bias else None
+    args = (w, b) if has_bias else (w,)
+    fn = linear_map(module, x)
+    _, pull = vjp(lambda *p: fn(p[0], p[1] if has_bias else None), *args)
+    numeric = list(pull(numeric_z))
+    fn_abs = linear_map(module, x.abs())
+    _, pull_abs = vjp(lambda *p: fn_abs(p[0], p[1] if has_bias else None), *args)
+    bound = list(pull_abs(error_z))
+    return numeric, bound

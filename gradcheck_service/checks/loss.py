@@ -1,0 +1,59 @@
+"""The scalar a check differentiates: the user's ``loss_fn`` or a fixed random projection of every output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def float_leaves(output: Any) -> Iterator[torch.Tensor]:
+    """Floating-point tensors of a (nested) output, in a stable order; integer and bool parts are ignored."""
+    if isinstance(output, torch.Tensor):
+        if output.is_floating_point() or output.is_complex():
+            yield output
+    elif isinstance(output, Mapping):
+        for key in sorted(output, key=str):
+            yield from float_leaves(output[key])
+    elif isinstance(output, Sequence) and not isinstance(output, str | bytes):
+        for item in output:
+            yield from float_leaves(item)
+
+
+class RandomProjection:
+    """``sum(u_i * y_i)`` over every float output element, with ``u`` fixed by a seed.
+
+    A random projection makes every output element matter to the loss (a plain sum would hide errors that sum to
+    zero, e.g. in a softmax's Jacobian), and it is the same on every evaluation because ``u`` is generated once per
+    output shape from a dedicated generator, independent of the global RNG that dropout consumes.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._weights: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+
+    def weight(self, position: int, like: torch.Tensor) -> torch.Tensor:
+        key = (position, tuple(like.shape))
+        w = self._weights.get(key)
+        if w is None:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + position)
+            w = torch.randn(like.shape, generator=gen, dtype=torch.float64)
+            self._weights[key] = w
+        return w.to(dtype=like.dtype, device=like.device)
+
+    def __call__(self, output: Any, *inputs: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for position, leaf in enumerate(float_leaves(output)):
+            term = (leaf * self.weight(position, leaf)).sum()
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError("the model's output has no floating-point tensor to differentiate")
+        return total
+
+
+def resolve_loss(loss_fn: LossFn | None, seed: int) -> LossFn:
+    """The loss a check uses: the user's, or a seeded random projection of the output."""
+    return loss_fn if loss_fn is not None else RandomProjection(seed)

@@ -1,0 +1,91 @@
+"""Typed options for :func:`gradcheck_service.check`.
+
+One pydantic model is the single source of truth for the library keyword arguments, the CLI flags, the service's
+request options and the CI configuration, so the same names and limits hold everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["full", "default", "fast"]
+FailOn = Literal["vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint_mismatch", "precision"]
+
+
+class HealthThresholds(BaseModel):
+    """Thresholds of the gradient-flow diagnosis; the rationale of each is in the README."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vanishing_ratio: float = Field(
+        1e-3,
+        gt=0,
+        description="Backward-signal norm at the first layer divided by the norm at the last layer below which "
+        "gradients are called vanishing (the first layers learn >1000x slower than the last).",
+    )
+    exploding_ratio: float = Field(
+        1e3,
+        gt=0,
+        description="Same ratio above which gradients are called exploding.",
+    )
+    exploding_norm: float = Field(
+        1e4, gt=0, description="Total parameter-gradient L2 norm above which gradients are called exploding."
+    )
+    dead_relu_fraction: float = Field(
+        0.5, ge=0, le=1, description="Fraction of a ReLU's units never active in the batch that is reported."
+    )
+    precision_error_factor: float = Field(
+        32.0,
+        gt=0,
+        description="--precision: relative gradient error vs float64 allowed as precision loss, in units of the "
+        "autocast dtype's unit roundoff (bf16 2**-8, fp16 2**-11). Rounding alone measured 2-3 units on a 9-layer "
+        "MLP, so 32 leaves an order of magnitude of room before calling the autocast path faulty.",
+    )
+    underflow_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="--precision: fraction of gradient entries that are 0 under autocast but not in float64 above "
+        "which an underflow finding is reported (loss scaling needed).",
+    )
+
+
+class CheckOptions(BaseModel):
+    """Everything that controls one check. Unknown names are an error, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode = Field("default", description="full: every coordinate; default: small tensors fully, large ones "
+                       "sampled plus whole-tensor probes; fast: whole-tensor probes only.")
+    order: Literal[1, 2] = Field(1, description="2 also checks the gradient of the gradient.")
+    device: Literal["cpu", "cuda"] = "cpu"
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the random projection, probes and dropout.")
+    max_coordinates: int = Field(
+        4096, ge=1, le=10_000_000, description="default mode: tensors up to this many elements are checked fully; "
+        "larger ones by this many sampled coordinates plus probes."
+    )
+    sample_coordinates: int = Field(
+        256, ge=0, le=1_000_000, description="default mode: coordinates sampled from each large tensor, in "
+        "addition to its corner coordinates and the whole-tensor probes."
+    )
+    probes: int = Field(4, ge=1, le=256, description="Random-direction probes per tensor (default and fast mode).")
+    safety_factor: float = Field(
+        10.0, ge=1.0, description="A difference fails only when it exceeds this multiple of the estimated "
+        "finite-difference error (plus a relative floor of a few machine epsilons)."
+    )
+    localize: bool = Field(True, description="When the check fails, name the modules whose own backward is wrong.")
+    health: bool = Field(True, description="Gradient norms and the vanishing/exploding diagnosis.")
+    memory: bool = Field(True, description="Measured memory profile of one training step.")
+    checkpointing: bool | list[str] = Field(
+        False, description="Measure gradient checkpointing per top-level block (true) or for the named blocks."
+    )
+    batch_scaling: bool = Field(False, description="Fit activation memory against batch size.")
+    memory_budget_bytes: int | None = Field(None, gt=0, description="Answer the largest batch that fits in it.")
+    precision: Literal["bf16", "fp16"] | None = Field(None, description="Compare autocast gradients with float64.")
+    fail_on: list[FailOn] = Field(
+        default_factory=list, description="Diagnosis findings that make the overall verdict fail."
+    )
+    thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
+    chunk_size: int = Field(256, ge=1, le=65536, description="Perturbations evaluated in one batched forward.")

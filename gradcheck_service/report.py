@@ -1,0 +1,149 @@
+"""The versioned report of one check and its JSON Schema.
+
+Everything downstream (CLI, service database, dashboard, CI gate) reads this model, so fields are only ever added;
+a change that removes or renames one bumps ``SCHEMA_VERSION``'s major number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .checks.health import Diagnosis, GradientNorms
+from .checks.memory import MemoryProfile
+from .options import CheckOptions
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "report.schema.json"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Coordinate(_Model):
+    """One compared coordinate (or one probe direction) with both derivative values."""
+
+    index: list[int] = Field(description="Index into the tensor; empty for a whole-tensor probe.")
+    analytic: float
+    numeric: float
+    abs_error: float
+    tolerance: float = Field(description="Difference allowed here: safety factor x estimated FD error + floor.")
+
+
+class TensorCheck(_Model):
+    """Verdict for one trainable parameter or float input."""
+
+    name: str
+    kind: Literal["parameter", "input"]
+    shape: list[int]
+    dtype: str
+    passed: bool
+    coverage: Literal["full", "sampled", "probes"] = Field(
+        description="full: every coordinate compared; sampled: some coordinates plus probes; probes: only "
+        "random-direction probes over the whole tensor."
+    )
+    method: str = Field(description="How the numeric reference was obtained, e.g. 'central differences' or "
+                        "'output-space central differences through the exact linear map of Linear'.")
+    numel: int
+    coordinates_checked: int
+    probes: int
+    failed_coordinates: int = 0
+    kinks: int = Field(0, description="Coordinates at a non-differentiable point (the finite differences do not "
+                       "converge as the step shrinks); excluded from the verdict and counted here.")
+    max_abs_error: float
+    max_rel_error: float
+    worst: Coordinate | None = Field(None, description="The comparison closest to (or furthest beyond) its tolerance.")
+    unused: bool = Field(False, description="Autograd gave no gradient (None); compared as zero.")
+    note: str | None = None
+
+
+class GradientCheck(_Model):
+    passed: bool
+    mode: str
+    order: int
+    dtype: str = Field(description="dtype the comparison ran in (float64 unless the model cannot be promoted).")
+    promoted: bool
+    device: str
+    evaluator: str = Field(description="'batched' (torch.func.vmap over perturbations) or 'sequential'.")
+    evaluations: int = Field(description="Forward evaluations spent on finite differences.")
+    parameters: list[TensorCheck] = Field(default_factory=list)
+    inputs: list[TensorCheck] = Field(default_factory=list)
+    frozen_parameters: list[str] = Field(default_factory=list, description="requires_grad=False; not checked.")
+    second_order: list[TensorCheck] = Field(default_factory=list, description="order=2: gradient of the gradient.")
+    notes: list[str] = Field(default_factory=list)
+
+
+class ModuleCheck(_Model):
+    """A submodule's own backward compared with finite differences of its own forward, at one call."""
+
+    module: str = Field(description="Qualified name as in named_modules(); '' is the root module.")
+    type: str
+    call: int = Field(description="0 for the first call of the module in the forward pass, 1 for the second, ...")
+    passed: bool
+    max_abs_error: float
+    max_rel_error: float
+    probes: int
+    blamed: bool = Field(description="The smallest failing module on its path: named as faulty.")
+    detail: str | None = None
+
+
+class Localization(_Model):
+    performed: bool
+    faulty_modules: list[str] = Field(default_factory=list)
+    modules: list[ModuleCheck] = Field(default_factory=list)
+    note: str | None = None
+
+
+class Timings(_Model):
+    gradient_check_s: float = 0.0
+    localization_s: float = 0.0
+    health_s: float = 0.0
+    memory_s: float = 0.0
+    total_s: float = 0.0
+
+
+class ModelInfo(_Model):
+    name: str
+    type: str
+    parameters: int
+    trainable_parameters: int
+    dtype: str
+    device: str
+
+
+class Environment(_Model):
+    torch: str
+    python: str
+    platform: str
+
+
+class Report(_Model):
+    schema_version: str = SCHEMA_VERSION
+    passed: bool = Field(description="Gradient check passed and no diagnosis named in fail_on was found.")
+    failed_because: list[str] = Field(default_factory=list)
+    model: ModelInfo
+    options: CheckOptions
+    gradient_check: GradientCheck
+    localization: Localization
+    gradient_norms: GradientNorms | None = None
+    diagnosis: Diagnosis | None = None
+    memory: MemoryProfile | None = None
+    timings: Timings
+    environment: Environment
+    warnings: list[str] = Field(default_factory=list)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return self.model_dump_json(indent=indent)
+
+
+def report_json_schema() -> dict:
+    return Report.model_json_schema()
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report_json_schema(), indent=2, sort_keys=True) + "\n")
