@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks.loss import RandomProjection
+from . import layers as ly
 from . import spec as s
 from .base import Definition, DefinitionError
 from .shapes import Inference, infer
@@ -114,54 +115,54 @@ def _pair(value: Any) -> Any:
 def _make(layer: Any) -> nn.Module:
     """One resolved layer spec (all sizes known) -> its module, with PyTorch's default initialisation."""
     match layer:
-        case s.Residual():
+        case ly.Residual():
             return Residual([_make(inner) for inner in layer.layers])
-        case s.Linear():
+        case ly.Linear():
             return nn.Linear(_known(layer.in_features), layer.out_features, bias=layer.bias)
-        case s.Conv1d() | s.Conv2d():
-            conv = nn.Conv1d if isinstance(layer, s.Conv1d) else nn.Conv2d
+        case ly.Conv1d() | ly.Conv2d():
+            conv = nn.Conv1d if isinstance(layer, ly.Conv1d) else nn.Conv2d
             return conv(_known(layer.in_channels), layer.out_channels, _pair(layer.kernel_size), stride=_pair(layer.stride),
                         padding=_pair(layer.padding), dilation=_pair(layer.dilation), groups=layer.groups,
                         bias=layer.bias)
-        case s.MaxPool1d() | s.MaxPool2d() | s.AvgPool1d() | s.AvgPool2d():
-            pool: type[nn.Module] = {s.MaxPool1d: nn.MaxPool1d, s.MaxPool2d: nn.MaxPool2d,
-                                     s.AvgPool1d: nn.AvgPool1d, s.AvgPool2d: nn.AvgPool2d}[type(layer)]
+        case ly.MaxPool1d() | ly.MaxPool2d() | ly.AvgPool1d() | ly.AvgPool2d():
+            pool: type[nn.Module] = {ly.MaxPool1d: nn.MaxPool1d, ly.MaxPool2d: nn.MaxPool2d,
+                                     ly.AvgPool1d: nn.AvgPool1d, ly.AvgPool2d: nn.AvgPool2d}[type(layer)]
             return pool(_pair(layer.kernel_size), stride=_pair(layer.stride), padding=_pair(layer.padding))
-        case s.AdaptiveAvgPool1d():
+        case ly.AdaptiveAvgPool1d():
             return nn.AdaptiveAvgPool1d(layer.output_size)
-        case s.AdaptiveAvgPool2d():
+        case ly.AdaptiveAvgPool2d():
             return nn.AdaptiveAvgPool2d(_pair(layer.output_size))
-        case s.BatchNorm1d() | s.BatchNorm2d():
-            norm = nn.BatchNorm1d if isinstance(layer, s.BatchNorm1d) else nn.BatchNorm2d
+        case ly.BatchNorm1d() | ly.BatchNorm2d():
+            norm = nn.BatchNorm1d if isinstance(layer, ly.BatchNorm1d) else nn.BatchNorm2d
             return norm(_known(layer.num_features), eps=layer.eps, momentum=layer.momentum, affine=layer.affine)
-        case s.LayerNorm():
+        case ly.LayerNorm():
             return nn.LayerNorm(layer.normalized_shape, eps=layer.eps, elementwise_affine=layer.elementwise_affine)
-        case s.Embedding():
+        case ly.Embedding():
             return nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx)
-        case s.LSTM() | s.GRU():
-            rnn = LSTMLayer if isinstance(layer, s.LSTM) else GRULayer
+        case ly.LSTM() | ly.GRU():
+            rnn = LSTMLayer if isinstance(layer, ly.LSTM) else GRULayer
             return rnn(_known(layer.input_size), layer.hidden_size, num_layers=layer.num_layers, bias=layer.bias,
                        dropout=layer.dropout, bidirectional=layer.bidirectional, output=layer.output)
-        case s.MultiheadAttention():
+        case ly.MultiheadAttention():
             return SelfAttention(_known(layer.embed_dim), layer.num_heads, causal=layer.causal, dropout=layer.dropout,
                                  bias=layer.bias)
-        case s.LeakyReLU():
+        case ly.LeakyReLU():
             return nn.LeakyReLU(layer.negative_slope)
-        case s.GELU():
+        case ly.GELU():
             return nn.GELU(approximate=layer.approximate)
-        case s.ELU():
+        case ly.ELU():
             return nn.ELU(layer.alpha)
-        case s.Softplus():
+        case ly.Softplus():
             return nn.Softplus(beta=layer.beta, threshold=layer.threshold)
-        case s.Softmax():
+        case ly.Softmax():
             return nn.Softmax(dim=layer.dim)
-        case s.LogSoftmax():
+        case ly.LogSoftmax():
             return nn.LogSoftmax(dim=layer.dim)
-        case s.Dropout():
+        case ly.Dropout():
             return nn.Dropout(layer.p)
-        case s.Flatten():
+        case ly.Flatten():
             return nn.Flatten(layer.start_dim, layer.end_dim)
-    simple: dict[type, type[nn.Module]] = {s.ReLU: nn.ReLU, s.Tanh: nn.Tanh, s.Sigmoid: nn.Sigmoid, s.SiLU: nn.SiLU}
+    simple: dict[type, type[nn.Module]] = {ly.ReLU: nn.ReLU, ly.Tanh: nn.Tanh, ly.Sigmoid: nn.Sigmoid, ly.SiLU: nn.SiLU}
     return simple[type(layer)]()
 
 
@@ -183,7 +184,7 @@ def apply_init(module: nn.Module, init: InitSpec) -> None:
 
 
 def _initialise(module: nn.Module, layer: Any, default: InitSpec | None) -> None:
-    if isinstance(layer, s.Residual):
+    if isinstance(layer, ly.Residual):
         assert isinstance(module, Residual)
         for child, inner in zip(module.body, layer.layers, strict=True):
             _initialise(child, inner, default)

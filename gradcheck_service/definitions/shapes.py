@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import layers as ly
 from . import spec as s
 from .base import DefinitionError, Problem
 from .spec import ModelSpec, SpecLimits, json_path
@@ -76,7 +77,7 @@ def _tup(value: int | list[int], n: int) -> tuple[int, ...]:
     return (value,) * n if isinstance(value, int) else tuple(value)
 
 
-def _linear(layer: s.Linear, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
+def _linear(layer: ly.Linear, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
     _needs_float(info)
     _needs_rank(info, tuple(range(2, 9)), "(batch, ..., features)")
     n_in = info.shape[-1]
@@ -97,8 +98,8 @@ def _spatial_out(sizes: tuple[int, ...], k: tuple[int, ...], st: tuple[int, ...]
     return tuple(out)
 
 
-def _conv(layer: s.Conv1d | s.Conv2d, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
-    n = 1 if isinstance(layer, s.Conv1d) else 2
+def _conv(layer: ly.Conv1d | ly.Conv2d, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
+    n = 1 if isinstance(layer, ly.Conv1d) else 2
     _needs_float(info)
     _needs_rank(info, (n + 2,), "(batch, channels, length)" if n == 1 else "(batch, channels, height, width)")
     channels = info.shape[1]
@@ -120,7 +121,7 @@ def _conv(layer: s.Conv1d | s.Conv2d, info: TensorInfo, train: bool) -> tuple[An
 
 
 def _pool(layer: Any, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
-    n = 1 if isinstance(layer, s.MaxPool1d | s.AvgPool1d) else 2
+    n = 1 if isinstance(layer, ly.MaxPool1d | ly.AvgPool1d) else 2
     _needs_float(info)
     _needs_rank(info, (n + 2,), "(batch, channels, length)" if n == 1 else "(batch, channels, height, width)")
     k = _tup(layer.kernel_size, n)
@@ -133,7 +134,7 @@ def _pool(layer: Any, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, i
 
 
 def _adaptive(layer: Any, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
-    n = 1 if isinstance(layer, s.AdaptiveAvgPool1d) else 2
+    n = 1 if isinstance(layer, ly.AdaptiveAvgPool1d) else 2
     _needs_float(info)
     _needs_rank(info, (n + 2,), "(batch, channels, length)" if n == 1 else "(batch, channels, height, width)")
     return layer, TensorInfo((*info.shape[:2], *_tup(layer.output_size, n))), 0
@@ -141,7 +142,7 @@ def _adaptive(layer: Any, info: TensorInfo, train: bool) -> tuple[Any, TensorInf
 
 def _batch_norm(layer: Any, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
     _needs_float(info)
-    if isinstance(layer, s.BatchNorm1d):
+    if isinstance(layer, ly.BatchNorm1d):
         _needs_rank(info, (2, 3), "(batch, features) or (batch, channels, length)")
     else:
         _needs_rank(info, (4,), "(batch, channels, height, width)")
@@ -153,7 +154,7 @@ def _batch_norm(layer: Any, info: TensorInfo, train: bool) -> tuple[Any, TensorI
     return layer, info, 2 * channels if layer.affine else 0
 
 
-def _layer_norm(layer: s.LayerNorm, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
+def _layer_norm(layer: ly.LayerNorm, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
     _needs_float(info)
     given = layer.normalized_shape
     shape = [info.shape[-1]] if given is None else ([given] if isinstance(given, int) else list(given))
@@ -164,7 +165,7 @@ def _layer_norm(layer: s.LayerNorm, info: TensorInfo, train: bool) -> tuple[Any,
     return layer, info, 2 * math.prod(shape) if layer.elementwise_affine else 0
 
 
-def _embedding(layer: s.Embedding, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
+def _embedding(layer: ly.Embedding, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
     if not info.integer:
         raise _ShapeError(None, f"expects int64 token ids, but gets a {info}; set input.dtype to \"int64\"")
     if info.low < 0 or info.high > layer.num_embeddings:
@@ -176,14 +177,14 @@ def _embedding(layer: s.Embedding, info: TensorInfo, train: bool) -> tuple[Any, 
     return layer, out, layer.num_embeddings * layer.embedding_dim
 
 
-def _recurrent(layer: s.LSTM | s.GRU, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
+def _recurrent(layer: ly.LSTM | ly.GRU, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
     _needs_float(info)
     _needs_rank(info, (3,), "(batch, time, features)")
     features = info.shape[2]
     layer = _check_given(layer, "input_size", layer.input_size, features, "features", info)
     if layer.dropout > 0 and layer.num_layers == 1:
         raise _ShapeError("dropout", "applies between stacked layers only; it needs num_layers > 1")
-    gates = 4 if isinstance(layer, s.LSTM) else 3
+    gates = 4 if isinstance(layer, ly.LSTM) else 3
     h, directions = layer.hidden_size, 2 if layer.bidirectional else 1
     params = 0
     for depth in range(layer.num_layers):
@@ -195,7 +196,7 @@ def _recurrent(layer: s.LSTM | s.GRU, info: TensorInfo, train: bool) -> tuple[An
     return layer, TensorInfo(shape), params
 
 
-def _attention(layer: s.MultiheadAttention, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
+def _attention(layer: ly.MultiheadAttention, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
     _needs_float(info)
     _needs_rank(info, (3,), "(batch, time, embed_dim)")
     e = info.shape[2]
@@ -214,7 +215,7 @@ def _elementwise(layer: Any, info: TensorInfo, train: bool) -> tuple[Any, Tensor
     return layer, info, 0
 
 
-def _flatten(layer: s.Flatten, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
+def _flatten(layer: ly.Flatten, info: TensorInfo, train: bool) -> tuple[Any, TensorInfo, int]:
     rank = len(info.shape)
     for name in ("start_dim", "end_dim"):
         if not -rank <= getattr(layer, name) < rank:
@@ -227,25 +228,25 @@ def _flatten(layer: s.Flatten, info: TensorInfo, train: bool) -> tuple[Any, Tens
 
 
 RULES: dict[type, Rule] = {
-    s.Linear: _linear,
-    s.Conv1d: _conv,
-    s.Conv2d: _conv,
-    s.MaxPool1d: _pool,
-    s.MaxPool2d: _pool,
-    s.AvgPool1d: _pool,
-    s.AvgPool2d: _pool,
-    s.AdaptiveAvgPool1d: _adaptive,
-    s.AdaptiveAvgPool2d: _adaptive,
-    s.BatchNorm1d: _batch_norm,
-    s.BatchNorm2d: _batch_norm,
-    s.LayerNorm: _layer_norm,
-    s.Embedding: _embedding,
-    s.LSTM: _recurrent,
-    s.GRU: _recurrent,
-    s.MultiheadAttention: _attention,
-    s.Flatten: _flatten,
-    **{cls: _elementwise for cls in (s.ReLU, s.LeakyReLU, s.GELU, s.Tanh, s.Sigmoid, s.SiLU, s.ELU, s.Softplus,
-                                     s.Softmax, s.LogSoftmax, s.Dropout)},
+    ly.Linear: _linear,
+    ly.Conv1d: _conv,
+    ly.Conv2d: _conv,
+    ly.MaxPool1d: _pool,
+    ly.MaxPool2d: _pool,
+    ly.AvgPool1d: _pool,
+    ly.AvgPool2d: _pool,
+    ly.AdaptiveAvgPool1d: _adaptive,
+    ly.AdaptiveAvgPool2d: _adaptive,
+    ly.BatchNorm1d: _batch_norm,
+    ly.BatchNorm2d: _batch_norm,
+    ly.LayerNorm: _layer_norm,
+    ly.Embedding: _embedding,
+    ly.LSTM: _recurrent,
+    ly.GRU: _recurrent,
+    ly.MultiheadAttention: _attention,
+    ly.Flatten: _flatten,
+    **{cls: _elementwise for cls in (ly.ReLU, ly.LeakyReLU, ly.GELU, ly.Tanh, ly.Sigmoid, ly.SiLU, ly.ELU, ly.Softplus,
+                                     ly.Softmax, ly.LogSoftmax, ly.Dropout)},
 }
 
 
@@ -266,7 +267,7 @@ class _Walker:
         for index, layer in enumerate(layers):
             path = [*parts, index]
             self.layer_count += 1
-            if isinstance(layer, s.Residual):
+            if isinstance(layer, ly.Residual):
                 if info.integer:
                     raise self.fail(path, f"a residual block needs a float input, not the {info}")
                 inner, out = self.walk(layer.layers, info, [*path, "layers"])
@@ -303,7 +304,7 @@ def _input_info(spec: ModelSpec, limits: SpecLimits, problems: list[Problem]) ->
             update={"distribution": spec.input.distribution or s.Normal(type="normal")})})
         return spec, TensorInfo(shape)
     dist = spec.input.distribution
-    if dist is None and isinstance(spec.layers[0], s.Embedding):
+    if dist is None and isinstance(spec.layers[0], ly.Embedding):
         dist = s.Integers(type="integers", low=0, high=spec.layers[0].num_embeddings)
     if not isinstance(dist, s.Integers):
         problems.append(Problem("$.input.distribution", "an int64 input needs an 'integers' distribution "
