@@ -1,0 +1,264 @@
+"""Measuring one training step: saved-for-backward storages, allocation peak, and forward/backward times.
+
+Two independent instruments:
+
+* **Saved tensors** (``torch.autograd.graph.saved_tensors_hooks``): every tensor autograd saves for backward passes
+  through the pack hook; distinct storages are counted once (views share a storage) and parameter storages are
+  excluded. Each one is attributed to the innermost module running at that moment. References are held only until
+  the forward ends, so a storage address cannot be reused by another tensor while we count, and backward frees
+  memory as it normally would.
+* **Allocation peak**: on CUDA the caching allocator's own peak (``torch.cuda.max_memory_allocated``). On CPU a
+  ``TorchDispatchMode`` sees every ATen operator of the forward and backward, adds the bytes of each output storage
+  that does not alias an input, and subtracts them when the storage is freed (``weakref.finalize`` on the storage
+  object, which PyTorch keeps alive exactly as long as the storage). Kernel-internal scratch buffers are invisible to
+  it, so the CPU figure is a lower bound of what the allocator saw.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from .health import compute_loss
+
+LossFn = Callable[..., torch.Tensor]
+CPU_PEAK_METHOD = "allocation tracking: bytes of every ATen operator output storage, live until freed (dispatch mode)"
+CUDA_PEAK_METHOD = "torch.cuda.max_memory_allocated (caching allocator peak)"
+LOSS_LABEL = "(loss)"
+
+
+def storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    """Identity of a tensor's storage: device and data pointer (views of one storage share it)."""
+    return str(tensor.device), tensor.untyped_storage().data_ptr()
+
+
+def distinct_storage_bytes(tensors: Iterator[torch.Tensor] | list[torch.Tensor]) -> int:
+    """Total bytes of the distinct storages behind ``tensors``."""
+    seen: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        seen.setdefault(storage_key(t), t.untyped_storage().nbytes())
+    return sum(seen.values())
+
+
+class AllocationTracker(TorchDispatchMode):
+    """Live and peak bytes of storages created by ATen operators while active (CPU peak measurement)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._alive: dict[int, weakref.finalize] = {}
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self._alive.pop(key, None)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(a.untyped_storage()) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+        for result in tree_leaves(out):
+            if not isinstance(result, torch.Tensor):
+                continue
+            storage = result.untyped_storage()
+            key = id(storage)
+            if key in inputs or key in self._alive:
+                continue  # a view or in-place result: no new memory
+            nbytes = storage.nbytes()
+            if nbytes == 0:
+                continue
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            self._alive[key] = weakref.finalize(storage, self._release, key, nbytes)
+        return out
+
+    def detach_finalizers(self) -> None:
+        """Stop tracking (storages still alive, e.g. gradients, no longer call back into this object)."""
+        for fin in self._alive.values():
+            fin.detach()
+        self._alive.clear()
+
+
+@dataclass
+class ModuleSaved:
+    type: str
+    bytes: int = 0
+    tensors: int = 0
+
+
+@dataclass
+class StepMeasurement:
+    """What one instrumented forward+backward measured. Bytes are bytes; times are seconds."""
+
+    activation_bytes: int = 0
+    activation_input_bytes: int = 0
+    saved_tensors: int = 0
+    by_module: dict[str, ModuleSaved] = field(default_factory=dict)
+    resident_bytes: int = 0
+    peak_increase_bytes: int = 0
+    retained_after_forward_bytes: int = 0
+    peak_method: str = CPU_PEAK_METHOD
+
+
+class _SavedTensorCounter:
+    """Pack hook + module stack: distinct saved storages (parameters excluded), attributed to modules."""
+
+    def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], checkpointed: set[str]) -> None:
+        self.param_keys = {storage_key(p) for p in model.parameters()}
+        self.input_keys = {storage_key(t) for t in inputs if isinstance(t, torch.Tensor)}
+        self.seen: dict[tuple[str, int], tuple[torch.Tensor, str]] = {}
+        self.by_module: dict[str, ModuleSaved] = {}
+        self.saved_tensors = 0
+        self._stack: list[str] = []
+        self._types = {name: type(m).__name__ for name, m in model.named_modules()}
+        self._handles: list[Any] = []
+        for name, module in model.named_modules():
+            self._handles.append(module.register_forward_pre_hook(self._enter(name, name in checkpointed)))
+            self._handles.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, name: str, checkpointed: bool) -> Callable[[nn.Module, Any], None]:
+        def push(_module: nn.Module, args: Any) -> None:
+            self._stack.append(name)
+            if checkpointed:  # non-reentrant checkpoint keeps the block's tensor arguments for the recomputation
+                for arg in tree_leaves(args):
+                    if isinstance(arg, torch.Tensor):
+                        self._record(arg)
+
+        return push
+
+    def _leave(self, _module: nn.Module, _args: Any, _output: Any) -> None:
+        if self._stack:
+            self._stack.pop()
+
+    def _record(self, tensor: torch.Tensor) -> None:
+        self.saved_tensors += 1
+        key = storage_key(tensor)
+        if key in self.param_keys or key in self.seen:
+            return
+        owner = self._stack[-1] if self._stack else LOSS_LABEL
+        self.seen[key] = (tensor, owner)
+        entry = self.by_module.setdefault(owner, ModuleSaved(type=self._types.get(owner, "")))
+        entry.bytes += tensor.untyped_storage().nbytes()
+        entry.tensors += 1
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._record(tensor)
+        return tensor
+
+    def finish(self, into: StepMeasurement) -> None:
+        """Fill the activation fields and drop every reference and hook."""
+        for key, (tensor, _owner) in self.seen.items():
+            nbytes = tensor.untyped_storage().nbytes()
+            into.activation_bytes += nbytes
+            if key in self.input_keys:
+                into.activation_input_bytes += nbytes
+        into.saved_tensors = self.saved_tensors
+        into.by_module = self.by_module
+        self.seen.clear()
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resident_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """Bytes already allocated before a step: distinct storages of parameters, buffers, gradients and inputs."""
+    tensors = [*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters() if p.grad is not None),
+               *(t for t in inputs if isinstance(t, torch.Tensor))]
+    return distinct_storage_bytes(tensors)
+
+
+def measure_step(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    loss_fn: LossFn,
+    device: torch.device,
+    checkpointed: set[str] | None = None,
+) -> StepMeasurement:
+    """One instrumented forward+backward: saved-tensor bytes per module, allocation peak, memory kept by the graph.
+
+    The caller provides the seeded RNG and the state restoration (this only runs the step).
+    """
+    result = StepMeasurement(resident_bytes=resident_bytes(model, inputs))
+    counter = _SavedTensorCounter(model, inputs, checkpointed or set())
+    tracker: AllocationTracker | None = None
+    try:
+        if device.type == "cuda":
+            result.peak_method = CUDA_PEAK_METHOD
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
+                loss = compute_loss(model, inputs, loss_fn)
+            counter.finish(result)
+            result.retained_after_forward_bytes = torch.cuda.memory_allocated(device) - base
+            loss.backward()
+            _sync(device)
+            result.peak_increase_bytes = torch.cuda.max_memory_allocated(device) - base
+        else:
+            tracker = AllocationTracker()
+            with tracker:
+                with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
+                    loss = compute_loss(model, inputs, loss_fn)
+                counter.finish(result)
+                result.retained_after_forward_bytes = tracker.live
+                loss.backward()
+            result.peak_increase_bytes = tracker.peak
+    finally:
+        counter.remove()
+        if tracker is not None:
+            tracker.detach_finalizers()
+    return result
+
+
+def timed_step(model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: LossFn,
+               device: torch.device) -> tuple[float, float]:
+    """(forward seconds including the loss, backward seconds) of one plain, uninstrumented step."""
+    _sync(device)
+    start = time.perf_counter()
+    loss = compute_loss(model, inputs, loss_fn)
+    _sync(device)
+    middle = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    return middle - start, time.perf_counter() - middle
+
+
+@contextmanager
+def checkpointed_blocks(blocks: dict[str, nn.Module]) -> Iterator[None]:
+    """Run each block's forward through ``torch.utils.checkpoint`` (non-reentrant) while inside; undo on exit."""
+    from torch.utils.checkpoint import checkpoint
+
+    patched: list[tuple[nn.Module, Any]] = []
+    try:
+        for module in blocks.values():
+            original = module.__dict__.get("forward")
+            bound = module.forward
+
+            def wrapper(*args: Any, _fn: Any = bound, **kwargs: Any) -> Any:
+                return checkpoint(_fn, *args, use_reentrant=False, **kwargs)
+
+            module.forward = wrapper  # type: ignore[method-assign]
+            patched.append((module, original))
+        yield
+    finally:
+        for module, original in patched:
+            if original is None:
+                del module.forward
+            else:
+                module.forward = original  # type: ignore[method-assign]

@@ -1,0 +1,254 @@
+"""Gradient statistics per parameter and per layer (the backward signal through depth) for one training step.
+
+:func:`analyze_gradients` runs one forward and backward pass on the model as given (its dtype, device and
+train/eval mode), under a seeded RNG, and leaves the model exactly as it was. The vanishing/exploding diagnosis
+built from these numbers lives in :mod:`.diagnosis`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..options import HealthThresholds
+from .diagnosis import Diagnosis, diagnose
+from .findings import Finding
+from .layers import DEAD_RELU_TYPES, grad_leaves, is_layer
+from .model_state import model_device, preserved, seeded
+
+__all__ = [
+    "Diagnosis",
+    "Finding",
+    "GradientNorms",
+    "LayerSignal",
+    "ParameterGradient",
+    "ReluActivity",
+    "analyze_gradients",
+    "compute_loss",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParameterGradient(_Model):
+    """Statistics of one parameter's gradient. Norms are over the finite entries; non-finite ones are counted."""
+
+    name: str
+    shape: list[int]
+    numel: int
+    has_gradient: bool = Field(description="False when autograd produced no gradient (unused or detached).")
+    l2_norm: float
+    max_abs: float
+    mean_abs: float
+    nan_count: int
+    inf_count: int
+    weight_norm: float = Field(description="L2 norm of the parameter itself.")
+    grad_to_weight: float | None = Field(
+        description="l2_norm / weight_norm: the relative size of one SGD step with learning rate 1 (None for a "
+        "zero parameter)."
+    )
+
+
+class LayerSignal(_Model):
+    """The gradient of the loss with respect to one layer's output at one call: the backward signal there."""
+
+    name: str = Field(description="Qualified name as in named_modules() ('' is the root).")
+    type: str
+    call: int = Field(description="0 for the module's first call in the forward pass, 1 for the second, ...")
+    output_numel: int = Field(description="Float output elements that receive a gradient (all tuple parts).")
+    grad_norm: float | None = Field(
+        description="L2 norm over the finite entries of d loss / d output, all tuple parts together; None when no "
+        "gradient reached this output."
+    )
+    nonfinite_grad: bool = Field(description="d loss / d output has NaN or Inf entries.")
+    nonfinite_output: bool = Field(description="The forward output itself has NaN or Inf entries.")
+
+
+class ReluActivity(_Model):
+    """How many units of a ReLU were active at least once in the batch (a unit = one position after dim 0)."""
+
+    name: str
+    call: int
+    units: int
+    dead_units: int
+    dead_fraction: float
+
+
+class GradientNorms(_Model):
+    """The ``gradient_norms`` report section: per-parameter statistics and the per-layer backward signal."""
+
+    dtype: str
+    device: str
+    training: bool = Field(description="Whether the root module was in train mode (the pass ran in this mode).")
+    loss: float | None = Field(description="The loss value; None when it was NaN or Inf.")
+    total_norm: float = Field(description="L2 norm of all parameter gradients together (finite entries).")
+    parameters: list[ParameterGradient] = Field(default_factory=list)
+    layers: list[LayerSignal] = Field(
+        default_factory=list, description="In forward order (the order the layers finished their forward)."
+    )
+    relus: list[ReluActivity] = Field(default_factory=list)
+    layer_rule: str = Field(
+        "modules that own parameters directly, plus torch.nn activation and normalization modules; one entry "
+        "per call",
+        description="Which modules count as layers.",
+    )
+
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def compute_loss(model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: LossFn) -> torch.Tensor:
+    """``loss_fn(model(*inputs), *inputs)``, checked to be a scalar that depends on the parameters."""
+    loss = loss_fn(model(*inputs), *inputs)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
+                         f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+    if not loss.requires_grad:
+        raise ValueError("the loss does not depend on any parameter that requires grad: nothing to differentiate")
+    return loss.reshape(())
+
+
+def _finite_stats(tensor: torch.Tensor) -> tuple[float, float, float, int, int]:
+    """(L2 norm, max |x|, mean |x|) over the finite entries, and the NaN and Inf counts. Accumulated in float64."""
+    t = tensor.detach()
+    finite = torch.isfinite(t)
+    nan_count = int(torch.isnan(t).sum())
+    inf_count = int(t.numel() - finite.sum()) - nan_count
+    values = t if nan_count + inf_count == 0 else t[finite]
+    if values.numel() == 0:
+        return 0.0, 0.0, 0.0, nan_count, inf_count
+    absolute = values.abs().to(torch.float64)
+    return (float(torch.linalg.vector_norm(absolute)), float(absolute.max()), float(absolute.mean()),
+            nan_count, inf_count)
+
+
+def _parameter_gradients(model: nn.Module) -> list[ParameterGradient]:
+    rows: list[ParameterGradient] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        weight_norm = _finite_stats(p)[0]
+        if p.grad is None:
+            norm = max_abs = mean_abs = 0.0
+            nan_count = inf_count = 0
+        else:
+            norm, max_abs, mean_abs, nan_count, inf_count = _finite_stats(p.grad)
+        rows.append(ParameterGradient(
+            name=name, shape=list(p.shape), numel=p.numel(), has_gradient=p.grad is not None, l2_norm=norm,
+            max_abs=max_abs, mean_abs=mean_abs, nan_count=nan_count, inf_count=inf_count, weight_norm=weight_norm,
+            grad_to_weight=norm / weight_norm if weight_norm > 0 else None,
+        ))
+    return rows
+
+
+class _SignalRecorder:
+    """Forward hooks on every layer that attach tensor hooks to its output, and ReLU activity counting.
+
+    Tensor hooks (not module backward hooks) are used because they tolerate in-place activations after the layer
+    and tuple outputs; a hook registered before an in-place change still receives d loss / d (original output).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers: list[dict[str, Any]] = []
+        self.relus: list[ReluActivity] = []
+        self._calls: dict[str, int] = {}
+        self._handles: list[Any] = []
+        for name, module in model.named_modules():
+            if is_layer(module) or isinstance(module, DEAD_RELU_TYPES):
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def on_forward(module: nn.Module, _args: Any, output: Any) -> None:
+            call = self._calls.get(name, 0)
+            self._calls[name] = call + 1
+            if isinstance(module, DEAD_RELU_TYPES) and isinstance(output, torch.Tensor):
+                self._count_relu(name, call, output)
+            if not is_layer(module):
+                return
+            leaves = grad_leaves(output)
+            entry: dict[str, Any] = {
+                "name": name, "type": type(module).__name__, "call": call,
+                "output_numel": sum(leaf.numel() for leaf in leaves),
+                "sq_norm": 0.0, "reached": False, "nonfinite_grad": False,
+                "nonfinite_output": any(not bool(torch.isfinite(leaf.detach()).all()) for leaf in leaves),
+            }
+            self.layers.append(entry)
+            for leaf in leaves:
+                self._handles.append(leaf.register_hook(self._on_grad(entry)))
+
+        return on_forward
+
+    @staticmethod
+    def _on_grad(entry: dict[str, Any]) -> Callable[[torch.Tensor], None]:
+        def record(grad: torch.Tensor) -> None:
+            norm, _, _, nan_count, inf_count = _finite_stats(grad)
+            entry["sq_norm"] += norm * norm
+            entry["reached"] = True
+            entry["nonfinite_grad"] = entry["nonfinite_grad"] or nan_count + inf_count > 0
+
+        return record
+
+    def _count_relu(self, name: str, call: int, output: torch.Tensor) -> None:
+        active = output.detach() > 0
+        if active.dim() >= 2:  # dim 0 is the batch: a unit is dead when it is off for every sample
+            active = active.any(dim=0)
+        units = active.numel()
+        dead = units - int(active.sum())
+        self.relus.append(ReluActivity(name=name, call=call, units=units, dead_units=dead,
+                                       dead_fraction=dead / units if units else 0.0))
+
+    def signals(self) -> list[LayerSignal]:
+        return [LayerSignal(
+            name=e["name"], type=e["type"], call=e["call"], output_numel=e["output_numel"],
+            grad_norm=math.sqrt(e["sq_norm"]) if e["reached"] else None, nonfinite_grad=e["nonfinite_grad"],
+            nonfinite_output=e["nonfinite_output"],
+        ) for e in self.layers]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def analyze_gradients(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    loss_fn: LossFn,
+    thresholds: HealthThresholds,
+    seed: int,
+) -> tuple[GradientNorms, Diagnosis]:
+    """Measure gradient statistics in one forward+backward pass and diagnose the gradient flow.
+
+    ``loss_fn(output, *inputs)`` must return a scalar. The pass runs in the model's own dtype, device and mode with
+    ``torch.manual_seed(seed)`` inside a forked RNG; modes, ``.grad`` tensors, buffers and the caller's RNG state
+    are restored and every hook is removed, whatever happens.
+    """
+    device = model_device(model, inputs)
+    first = next(iter(model.parameters()), None)
+    with preserved(model), seeded(seed, device):
+        recorder = _SignalRecorder(model)
+        try:
+            loss = compute_loss(model, inputs, loss_fn)
+            loss.backward()
+        finally:
+            recorder.remove()
+        loss_value = float(loss.detach())
+        parameters = _parameter_gradients(model)
+    norms = GradientNorms(
+        dtype=str(first.dtype if first is not None else torch.get_default_dtype()).removeprefix("torch."),
+        device=str(device),
+        training=model.training,
+        loss=loss_value if math.isfinite(loss_value) else None,
+        total_norm=math.sqrt(sum(p.l2_norm ** 2 for p in parameters)),
+        parameters=parameters,
+        layers=recorder.signals(),
+        relus=recorder.relus,
+    )
+    return norms, diagnose(norms, thresholds)

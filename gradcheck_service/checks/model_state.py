@@ -1,0 +1,70 @@
+"""Leave a model exactly as it was: modes, gradients, buffers and the global RNG.
+
+Every measurement in ``health`` and ``memory`` runs real forward and backward passes on the user's model. Those
+passes write ``.grad``, update BatchNorm running statistics and consume random numbers (dropout); this module puts
+all of it back so a check is invisible to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def model_device(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.device:
+    """Device of the model's first parameter or buffer, else of the first tensor input, else CPU."""
+    for tensor in (*model.parameters(), *model.buffers(), *inputs):
+        if isinstance(tensor, torch.Tensor):
+            return tensor.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with the global RNG seeded to ``seed`` and restore the caller's RNG state afterwards.
+
+    ``fork_rng`` saves and restores the CPU generator and, for a CUDA model, that device's generator; listing the
+    device explicitly avoids touching (and initializing) every CUDA device.
+    """
+    if device.type == "cuda":
+        rng = torch.random.fork_rng(devices=[device], device_type="cuda")
+    else:
+        rng = torch.random.fork_rng(devices=[])
+    with rng:
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """Snapshot train/eval modes, every parameter's ``.grad`` (``None`` included) and every buffer; restore on exit.
+
+    Inside the block each parameter's ``.grad`` starts as ``None`` so measured gradients are the block's own. The
+    original gradient tensors are put back as the same objects, and buffers are copied back in place, so references
+    the caller holds (e.g. an optimizer's) stay valid.
+    """
+    modes = {module: module.training for module in model.modules()}
+    params = list(model.parameters())
+    grads = [p.grad for p in params]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        for p in params:
+            p.grad = None
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+
+
+def clear_grads(model: nn.Module) -> None:
+    """Set every parameter's ``.grad`` to ``None`` (between measured passes inside :func:`preserved`)."""
+    for p in model.parameters():
+        p.grad = None
