@@ -1,0 +1,181 @@
+"""Request and response models of the API; they validate submissions and generate the OpenAPI document."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ..options import CheckOptions
+
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/=+@-]+$")]
+Status = Literal["queued", "running", "passed", "failed", "error"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GitInfo(_Strict):
+    repo: Annotated[str, Field(max_length=500)] | None = None
+    branch: Annotated[str, Field(max_length=255)] | None = None
+    commit: Annotated[str, Field(max_length=64, pattern=r"^[0-9A-Za-z._-]+$")] | None = None
+
+
+class RunMetadata(_Strict):
+    """Optional facts about a submission; ``name`` defaults to the spec's name or the file name."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    git: GitInfo = Field(default_factory=GitInfo)
+    labels: Annotated[list[Label], Field(max_length=20)] = Field(default_factory=list)
+    timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Wall-time limit of the check, seconds (default GRADCHECK_RUN_TIMEOUT_S, at most "
+        "GRADCHECK_MAX_RUN_TIMEOUT_S)."
+    )
+
+
+class RunSubmission(_Strict):
+    """JSON body of ``POST /api/v1/runs``. A Python model file is sent as multipart instead: field ``model``
+    (the ``.py`` or ``.json`` file) plus optional fields ``options`` and ``metadata`` holding JSON text."""
+
+    spec: dict[str, Any] = Field(description="A declarative model spec (see the spec JSON Schema).")
+    options: CheckOptions = Field(default_factory=CheckOptions)
+    metadata: RunMetadata = Field(default_factory=RunMetadata)
+
+
+class RunQuery(_Strict):
+    """Filters of ``GET /api/v1/runs`` (query parameters); all optional and combined with AND."""
+
+    model: str | None = None
+    status: str | None = Field(None, description="One status or several separated by commas.")
+    branch: str | None = None
+    commit: str | None = None
+    label: str | None = None
+    since: dt.datetime | None = Field(None, description="Created at or after (ISO 8601; UTC when no offset).")
+    until: dt.datetime | None = Field(None, description="Created before (ISO 8601; UTC when no offset).")
+    passed: bool | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] | None = None
+    cursor: str | None = Field(None, description="next_cursor of the previous page.")
+
+
+class Progress(BaseModel):
+    stage: str | None
+    fraction: float | None
+
+
+class RunError(BaseModel):
+    code: str
+    message: str
+
+
+class RunSummary(BaseModel):
+    """Headline figures of a finished run (from the queryable tables)."""
+
+    passed: bool
+    faulty_modules: list[str]
+    failed_because: list[str]
+    diagnosis: list[str]
+    total_gradient_norm: float | None
+    parameter_bytes: int | None
+    gradient_bytes: int | None
+    optimizer_bytes: int | None
+    activation_bytes: int | None
+    peak_bytes: int | None
+
+
+class RunOut(BaseModel):
+    id: str
+    status: Status
+    model: dict[str, Any] = Field(description="name, hash (SHA-256 of the definition) and kind (spec|python).")
+    options: dict[str, Any]
+    git: GitInfo
+    labels: list[str]
+    device: str
+    queue: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    attempts: int
+    worker_host: str | None
+    progress: Progress
+    timings: dict[str, float | None] = Field(description="queued_s, run_s (wall, seconds) and check_s (the "
+                                             "check's own time).")
+    error: RunError | None
+    summary: RunSummary | None = None
+    report: dict[str, Any] | None = Field(None, description="The full report (see report.schema.json).")
+
+
+class RunCreated(BaseModel):
+    id: str
+    status: Status
+    queue: str
+    url: str
+
+
+class RunPage(BaseModel):
+    runs: list[RunOut]
+    next_cursor: str | None
+    limit: int
+
+
+class ModelRun(BaseModel):
+    id: str
+    status: Status
+    created_at: dt.datetime
+    git_branch: str | None
+    git_commit: str | None
+    check_s: float | None
+    total_gradient_norm: float | None
+    peak_bytes: int | None
+    faulty_modules: list[str]
+
+
+class ModelOut(BaseModel):
+    name: str
+    runs: int
+    last_run_at: dt.datetime
+    history: list[ModelRun]
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class Definition(BaseModel):
+    kind: Literal["spec", "python"]
+    name: str
+    hash: str
+    source: str
+
+
+class Change(BaseModel):
+    a: Any
+    b: Any
+    delta: float | None = None
+
+
+class Comparison(BaseModel):
+    a: dict[str, Any]
+    b: dict[str, Any]
+    verdict: dict[str, Any]
+    parameters: list[dict[str, Any]]
+    faulty_modules: dict[str, list[str]]
+    gradient_norms: dict[str, Any]
+    memory: dict[str, Change]
+    time: dict[str, Change]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    problems: list[dict[str, str]] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,158 @@
+"""Turn a ``POST /api/v1/runs`` request into a validated submission, or a 422 listing every problem.
+
+Nothing submitted is executed here: a JSON spec is validated and its shapes inferred without building anything, and
+a Python file is only parsed (``ast``) to report syntax errors and a missing ``build()`` early. It runs later, in a
+child process of a worker.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from flask import Request
+from pydantic import BaseModel, ValidationError
+
+from ..definitions import DefinitionError
+from ..definitions.loader import parse_spec_text
+from ..definitions.shapes import infer
+from ..definitions.spec import json_path, parse_spec
+from ..options import CheckOptions
+from .errors import ApiError, validation_error
+from .schemas import RunMetadata, RunSubmission
+
+Problems = list[tuple[str, str]]
+
+
+@dataclass
+class Submission:
+    kind: str  # "spec" or "python"
+    source: str  # the spec's JSON text or the Python source
+    name: str
+    options: CheckOptions
+    metadata: RunMetadata
+
+    @property
+    def model_hash(self) -> str:
+        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+
+
+def _pydantic_problems(exc: ValidationError, prefix: list[str | int]) -> Problems:
+    problems = []
+    for error in exc.errors():
+        loc = [p for p in error["loc"] if isinstance(p, str | int)]
+        message = str(error["msg"])
+        if error["type"] == "extra_forbidden":
+            message = f"unknown field '{loc[-1]}'" if loc else "unknown field"
+        problems.append((json_path([*prefix, *loc]), message))
+    return problems
+
+
+def _spec_problems(data: Any, prefix: list[str | int]) -> tuple[Problems, str | None]:
+    """Validate a decoded spec (fields, then shapes and size caps); returns problems and the spec's name."""
+    try:
+        spec = parse_spec(data)
+        infer(spec)
+    except DefinitionError as exc:
+        base = json_path(prefix)
+        return [(base + p.path[1:] if p.path.startswith("$") else p.path, p.message) for p in exc.problems] or [
+            (base, exc.message)], None
+    return [], spec.name
+
+
+def _python_problems(source: str, field: str) -> Problems:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        return [(f"{field}:{exc.lineno or 0}", f"syntax error: {exc.msg}")]
+    defines_build = any(
+        (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == "build")
+        or (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "build" for t in node.targets))
+        or (isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == "build" for a in node.names))
+        for node in tree.body
+    )
+    return [] if defines_build else [(field, "the model file defines no top-level build() function")]
+
+
+def _form_json(request: Request, field: str, model: type[BaseModel], problems: Problems) -> Any:
+    raw = request.form.get(field)
+    if raw is None or not raw.strip():
+        return model()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        problems.append((f"{field}", f"not valid JSON: {exc}"))
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, [field]))
+        return None
+
+
+def _from_multipart(request: Request) -> Submission:
+    problems: Problems = []
+    unknown = sorted(set(request.form) - {"options", "metadata"}) + sorted(set(request.files) - {"model"})
+    problems.extend((name, f"unknown form field '{name}' (expected model, options, metadata)") for name in unknown)
+    options = _form_json(request, "options", CheckOptions, problems)
+    metadata = _form_json(request, "metadata", RunMetadata, problems)
+    upload = request.files.get("model")
+    if upload is None:
+        raise validation_error([("model", "missing file field 'model' (a .py model file or a .json spec)")])
+    filename = PurePath(upload.filename or "model").name
+    suffix = PurePath(filename).suffix.lower()
+    raw = upload.read()
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise validation_error([("model", f"{filename} is not UTF-8 text")]) from None
+    kind = {".py": "python", ".json": "spec"}.get(suffix)
+    spec_name = None
+    if kind is None:
+        problems.append(("model", f"{filename}: expected a .py model file or a .json spec"))
+    elif kind == "spec":
+        try:
+            data = parse_spec_text(source, filename)
+        except DefinitionError as exc:
+            problems.extend((f"model:{p.path}", p.message) for p in exc.problems)
+        else:
+            spec_problems, spec_name = _spec_problems(data, [])
+            problems.extend((f"model:{path}", message) for path, message in spec_problems)
+    else:
+        problems.extend(_python_problems(source, "model"))
+    if problems:
+        raise validation_error(problems)
+    name = metadata.name or spec_name or PurePath(filename).stem or "model"
+    return Submission(kind or "spec", source, name, options, metadata)
+
+
+def _from_json(request: Request) -> Submission:
+    data = request.get_json(silent=True)
+    if data is None:
+        raise validation_error([("$", "the body is not valid JSON")])
+    if not isinstance(data, dict):
+        raise validation_error([("$", "the body must be a JSON object with a 'spec'")])
+    try:
+        body = RunSubmission.model_validate(data)
+    except ValidationError as exc:
+        problems = _pydantic_problems(exc, [])
+        if isinstance(data.get("spec"), dict):
+            problems.extend(_spec_problems(data["spec"], ["spec"])[0])
+        raise validation_error(problems) from None
+    spec_problems, spec_name = _spec_problems(body.spec, ["spec"])
+    if spec_problems:
+        raise validation_error(spec_problems)
+    source = json.dumps(body.spec, indent=2)
+    return Submission("spec", source, body.metadata.name or spec_name or "model", body.options, body.metadata)
+
+
+def parse_submission(request: Request) -> Submission:
+    if request.mimetype == "multipart/form-data":
+        return _from_multipart(request)
+    if request.is_json:
+        return _from_json(request)
+    raise ApiError(415, "send a JSON body with a 'spec', or multipart/form-data with a 'model' file")

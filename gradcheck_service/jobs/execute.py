@@ -1,0 +1,115 @@
+"""One attempt at a run, as a worker task performs it: claim, run the check child, store the outcome.
+
+Called with a run id only (never an ORM object), inside the worker's Flask app context.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from .. import config as service_config
+from ..extensions import RUN_TASK, store
+from ..store.lifecycle import claim_run, fail_run, finish_run, heartbeat, reap_stale_runs
+from ..store.models import Run
+from .launcher import ForkServerLauncher, SpawnLauncher, make_launcher
+
+log = logging.getLogger(__name__)
+_launcher: SpawnLauncher | ForkServerLauncher | None = None
+
+
+def launcher(mode: str) -> SpawnLauncher | ForkServerLauncher:
+    """This worker process's launcher (created after the pool forked, never shared between processes)."""
+    global _launcher
+    if _launcher is None:
+        _launcher = make_launcher(mode)
+    return _launcher
+
+
+def close_launcher() -> None:
+    global _launcher
+    if _launcher is not None:
+        _launcher.close()
+        _launcher = None
+
+
+def worker_host() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _write_job(job_dir: Path, run: Run) -> None:
+    definition = "model.py" if run.definition_kind == "python" else "model.json"
+    (job_dir / definition).write_text(run.definition, encoding="utf-8")
+    (job_dir / "job.json").write_text(json.dumps({"definition": definition, "options": run.options,
+                                                  "name": run.model_name}))
+
+
+def execute_run(run_id: str, config: dict[str, Any]) -> str:
+    """Run one attempt; returns what happened (passed, failed, error, gone, exhausted, superseded)."""
+    session = store.session()
+    claim = claim_run(session, run_id, worker_host())
+    if claim.outcome != "run":
+        log.info("run %s not started: %s", run_id, claim.outcome)
+        return claim.outcome
+    run = session.get(Run, run_id)
+    if run is None:
+        return "gone"
+    job_dir = Path(tempfile.mkdtemp(prefix=f"gradcheck-{run_id[:12]}-"))
+    try:
+        _write_job(job_dir, run)
+        definition_kind, timeout_s = run.definition_kind, run.timeout_s
+        session.expunge(run)  # the definition can be large; keep the session light while the check runs
+
+        def on_progress(stage: str | None, fraction: float | None) -> bool:
+            return heartbeat(session, run_id, claim.claim, stage, fraction)
+
+        outcome = launcher(str(config["RUNNER_MODE"])).run(
+            job_dir, timeout_s, on_progress, heartbeat_s=float(config["HEARTBEAT_INTERVAL_S"]),
+            max_bytes=int(config["REPORT_MAX_BYTES"]),
+        )
+    except BaseException:
+        # The soft time limit (or a shutdown) interrupted the attempt: end it with a reason, then let it go.
+        fail_run(session, run_id, claim.claim, "time_limit", "the worker stopped the check at its time limit")
+        raise
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+    if outcome.result is not None and "report" in outcome.result:
+        stored = finish_run(session, run_id, claim.claim, outcome.result["report"])
+        return ("passed" if outcome.result["report"].get("passed") else "failed") if stored else "superseded"
+    if outcome.result is not None:
+        error = outcome.result["error"]
+        message = str(error.get("message", ""))
+        if error.get("problems"):
+            message += "\n" + "\n".join(f"{p['path']}: {p['message']}" for p in error["problems"])
+        code = str(error.get("code", "error"))
+    else:
+        code, message = outcome.error_code or "error", outcome.error or "the check failed"
+    if definition_kind == "python" and code == "invalid_definition":
+        code = "invalid_model_file"
+    fail_run(session, run_id, claim.claim, code, message)
+    return "error"
+
+
+def requeue_stale_runs(celery_app: Celery, config: dict[str, Any]) -> list[str]:
+    """The reaper: runs whose worker vanished go back on their queue (or end as error past the attempt cap)."""
+    session = store.session()
+    run_ids = reap_stale_runs(session, float(config["STALE_AFTER_S"]))
+    for run_id in run_ids:  # after the commit in reap_stale_runs, like every enqueue
+        run = session.get(Run, run_id)
+        if run is None:
+            continue
+        celery_app.send_task(
+            RUN_TASK, args=[run_id], queue=run.queue,
+            soft_time_limit=service_config.soft_time_limit_s(config, run.timeout_s),
+            time_limit=service_config.hard_time_limit_s(config, run.timeout_s),
+        )
+        log.warning("requeued run %s: its worker stopped sending heartbeats", run_id)
+    return run_ids

@@ -1,0 +1,196 @@
+"""The child process that runs one check: the only place a submitted model is loaded.
+
+A job is a directory holding ``job.json`` (``{"definition": "model.py", "options": {...}, "name": ...}``) and the
+definition file. The runner writes ``progress.json`` while it works and ``result.json`` at the end: either
+``{"report": {...}}`` or ``{"error": {"code", "message", "problems"?}}``. It never talks to the database or the
+broker and is started with an environment that holds neither their URLs nor any token.
+
+Two ways to start it (``GRADCHECK_RUNNER_MODE``):
+
+* ``python -m gradcheck_service.runner run JOB_DIR`` -- a fresh interpreter per check (``spawn``);
+* ``python -m gradcheck_service.runner serve`` -- a preloaded process (torch and the engine imported once) that reads
+  job directories on stdin and forks one child per job (``fork``, the default). The forked child starts its own
+  session, so the worker can kill its whole process group, and :func:`contain` is where it drops privileges
+  (the sandbox hardens this). The server itself runs no torch operation, so forking it is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+RESULT = "result.json"
+PROGRESS = "progress.json"
+JOB = "job.json"
+
+# Exit codes of a job child (the result file says more).
+EXIT_OK = 0
+EXIT_ERROR = 3
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent process dies, so no check outlives its worker."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def contain(job_dir: Path) -> None:
+    """Per-check containment applied in the child before the model is loaded (extended by the sandbox)."""
+    os.environ["HOME"] = str(job_dir)
+    os.environ["TMPDIR"] = str(job_dir)
+    os.chdir(job_dir)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, allow_nan=False))
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """The ``progress(stage, fraction)`` callback: atomically replaced file, at most every 0.2 s."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = 0.0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2 and fraction < 1.0:
+            return
+        self.last = now
+        with contextlib.suppress(OSError, ValueError):
+            _write_json(self.path, {"stage": str(stage)[:64], "fraction": float(fraction), "at": time.time()})
+
+
+def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message[:4000], **extra}}
+
+
+def execute(job_dir: Path) -> dict[str, Any]:
+    """Load the definition and run the check; every failure becomes an ``error`` result naming its cause."""
+    from pydantic import ValidationError
+
+    from .checks.engine import check
+    from .definitions import DefinitionError, load_definition
+    from .options import CheckOptions
+
+    job = json.loads((job_dir / JOB).read_text())
+    progress = _Progress(job_dir / PROGRESS)
+    progress("loading", 0.0)
+    try:
+        options = CheckOptions.model_validate(job.get("options") or {})
+    except ValidationError as exc:
+        return _error("invalid_options", str(exc))
+    try:
+        definition = load_definition(str(job_dir / job["definition"]))
+    except DefinitionError as exc:
+        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+        return _error("invalid_definition", str(exc), problems=problems)
+    try:
+        report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
+                       name=job.get("name") or definition.name, options=options)
+    except Exception as exc:  # the model's own code raised: report it as the run's error, not a crash
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames)
+                      if f.filename.startswith(str(job_dir))), None)
+        message = f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
+        return _error("check_failed", message)
+    progress("done", 1.0)
+    return {"report": report.model_dump(mode="json")}
+
+
+def run_job(job_dir: Path) -> int:
+    """Run one job in this process and write its result; the exit code tells the parent whether it did."""
+    job_dir = job_dir.resolve()
+    contain(job_dir)
+    try:
+        result = execute(job_dir)
+    except Exception as exc:
+        result = _error("runner_failed", f"{type(exc).__name__}: {exc}")
+    try:
+        _write_json(job_dir / RESULT, result)
+    except ValueError:  # NaN/Inf slipped into the report: keep it readable rather than lose it
+        (job_dir / RESULT).write_text(json.dumps(result))
+    return EXIT_OK if "report" in result else EXIT_ERROR
+
+
+def _preload() -> None:
+    """Import everything a check needs once, before any fork (no torch operation runs here)."""
+    import torch  # noqa: F401
+
+    from .checks import engine  # noqa: F401
+    from .definitions import loader, pyfile, spec  # noqa: F401
+
+
+def _fork_job(job_dir: Path) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = EXIT_ERROR
+    try:
+        os.setsid()  # its own session and process group: the worker can kill everything it starts
+        die_with_parent()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
+            out = os.open(job_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(out, fd)
+            os.close(out)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        code = run_job(job_dir)
+    finally:
+        os._exit(code)
+
+
+def serve() -> int:
+    """Fork server: one job directory per stdin line; answers ``{"pid"}`` then ``{"pid", "code"|"signal"}``."""
+    die_with_parent()
+    _preload()
+    out = sys.stdout
+    for line in sys.stdin:
+        job_dir = Path(line.strip())
+        if not line.strip():
+            continue
+        pid = _fork_job(job_dir)
+        out.write(json.dumps({"pid": pid}) + "\n")
+        out.flush()
+        _, status = os.waitpid(pid, 0)
+        answer: dict[str, Any] = {"pid": pid}
+        if os.WIFSIGNALED(status):
+            answer["signal"] = os.WTERMSIG(status)
+        else:
+            answer["code"] = os.WEXITSTATUS(status)
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["serve"]:
+        return serve()
+    if len(args) == 2 and args[0] == "run":
+        die_with_parent()
+        return run_job(Path(args[1]))
+    print("usage: python -m gradcheck_service.runner run JOB_DIR | serve", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

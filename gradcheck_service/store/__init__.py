@@ -1,0 +1,1 @@
+"""The service's SQL store: typed models, sessions, scoped queries, run lifecycle and migrations."""

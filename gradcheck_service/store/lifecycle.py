@@ -1,0 +1,142 @@
+"""State changes of a run made by workers and the reaper; each one commits on its own.
+
+A run moves ``queued -> running -> passed|failed|error``. Every start of a run increments ``attempts`` in its own
+committed transaction *before* any work, so a job that kills its worker is counted even though the worker never
+got to write anything else; past ``max_attempts`` it ends as ``error`` instead of looping.
+
+Each start also writes a fresh ``claim`` token. Heartbeats and the final write only succeed for the current claim,
+so when a run is delivered twice (a reaped run whose old message comes back), only one report is ever stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .ingest import report_rows
+from .models import Run, utcnow
+
+ClaimOutcome = Literal["run", "gone", "exhausted"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    run_id: str
+    claim: str = ""
+    attempts: int = 0
+
+
+def claim_run(session: Session, run_id: str, worker_host: str) -> Claim:
+    """Start an attempt at ``run_id``: count it, take ownership, commit. ``gone``: deleted or already finished."""
+    token = uuid.uuid4().hex
+    now = utcnow()
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(("queued", "running")))
+        .values(
+            attempts=Run.attempts + 1, status="running", claim=token, worker_host=worker_host[:255],
+            started_at=now, heartbeat_at=now, progress=0.0, progress_stage="starting",
+        )
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        session.rollback()
+        return Claim("gone", run_id)
+    run = session.execute(select(Run.attempts, Run.max_attempts).where(Run.id == run_id)).one()
+    if run.attempts > run.max_attempts:
+        lost = run.attempts - 1
+        session.execute(
+            update(Run).where(Run.id == run_id, Run.claim == token).values(
+                status="error", finished_at=now, error_code="worker_lost", claim=None,
+                error_message=f"worker lost {lost} times: the run was started {lost} times and its worker "
+                f"vanished each time (killed, out of memory, or crashed); not retried again",
+            )
+        )
+        session.commit()
+        return Claim("exhausted", run_id, attempts=run.attempts)
+    session.commit()
+    return Claim("run", run_id, token, run.attempts)
+
+
+def heartbeat(session: Session, run_id: str, claim: str, stage: str | None, fraction: float | None) -> bool:
+    """Refresh liveness and progress; False when this delivery no longer owns the run (stop working on it)."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if stage is not None:
+        values["progress_stage"] = stage[:64]
+    if fraction is not None:
+        values["progress"] = max(0.0, min(1.0, float(fraction)))
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.claim == claim, Run.status == "running").values(**values)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_run(session: Session, run_id: str, claim: str, report: dict[str, Any]) -> bool:
+    """Store the report and the verdict in one transaction; False when the run was taken over or deleted."""
+    passed = bool(report.get("passed"))
+    timings = report.get("timings") or {}
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.claim == claim, Run.status == "running").values(
+            status="passed" if passed else "failed", finished_at=utcnow(), progress=1.0,
+            progress_stage="done", check_s=timings.get("total_s"), claim=None,
+        )
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    session.add_all(report_rows(run_id, report))
+    try:
+        session.commit()
+    except IntegrityError:  # a report for this run exists already (unique run_id)
+        session.rollback()
+        return False
+    return True
+
+
+def fail_run(session: Session, run_id: str, claim: str | None, code: str, message: str) -> bool:
+    """End the run as ``error`` with a reason; with ``claim=None`` any non-terminal run is ended."""
+    query = update(Run).where(Run.id == run_id, Run.status.in_(("queued", "running")))
+    if claim is not None:
+        query = query.where(Run.claim == claim)
+    result = session.execute(
+        query.values(status="error", finished_at=utcnow(), error_code=code[:32], error_message=message, claim=None)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def reap_stale_runs(session: Session, stale_after_s: float) -> list[str]:
+    """Runs stuck in ``running`` whose worker stopped sending heartbeats: back to ``queued`` (ids returned, for
+    the caller to enqueue after this commit), or ``error`` when their attempts are used up."""
+    now = utcnow()
+    threshold = now - dt.timedelta(seconds=stale_after_s)
+    stale = session.execute(
+        select(Run.id, Run.attempts, Run.max_attempts).where(
+            Run.status == "running", or_(Run.heartbeat_at < threshold, Run.heartbeat_at.is_(None))
+        )
+    ).all()
+    requeue: list[str] = []
+    for run_id, attempts, max_attempts in stale:
+        guard = update(Run).where(
+            Run.id == run_id, Run.status == "running",
+            or_(Run.heartbeat_at < threshold, Run.heartbeat_at.is_(None)),
+        )
+        if attempts >= max_attempts:
+            session.execute(guard.values(
+                status="error", finished_at=now, error_code="worker_lost", claim=None,
+                error_message=f"worker lost {attempts} times: no heartbeat for {stale_after_s:.0f} s after "
+                f"attempt {attempts} of {max_attempts}; not retried again",
+            ))
+        elif session.execute(guard.values(
+            status="queued", claim=None, heartbeat_at=None, progress=None, progress_stage="requeued",
+        )).rowcount:  # type: ignore[attr-defined]
+            requeue.append(run_id)
+    session.commit()
+    return requeue

@@ -1,0 +1,157 @@
+"""``gradcheck-service submit``: send a model to a server, optionally wait, print the run.
+
+Exit codes as ``check``: 0 passed, 1 a check failed, 2 bad input (file, options, token, server unreachable),
+plus 3 when the run ended as ``error``. Without ``--wait`` it prints the run id and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ERROR = 0, 1, 2, 3
+
+
+class ClientError(Exception):
+    pass
+
+
+def _request(method: str, url: str, token: str, body: bytes | None = None,
+             content_type: str | None = None, timeout: float = 30.0) -> Any:
+    request = urllib.request.Request(url, data=body, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Accept", "application/json")
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            raise ClientError(f"{exc.code} from {url}") from None
+        lines = [f"{exc.code} {error.get('message', '')}"]
+        lines += [f"  {p['path']}: {p['message']}" for p in error.get("problems") or []]
+        raise ClientError("\n".join(lines)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ClientError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{path.name}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _describe(run: dict[str, Any]) -> str:
+    lines = [f"run {run['id']}: {run['status']} (model {run['model']['name']}, attempts {run['attempts']}, "
+             f"check {run['timings'].get('check_s') or 0:.2f} s)"]
+    if run.get("error"):
+        lines.append(f"error [{run['error']['code']}]: {run['error']['message']}")
+    summary = run.get("summary") or {}
+    if summary.get("faulty_modules"):
+        lines.append("faulty modules: " + ", ".join(summary["faulty_modules"]))
+    report = run.get("report") or {}
+    for item in (report.get("gradient_check") or {}).get("parameters", []) + \
+            (report.get("gradient_check") or {}).get("inputs", []):
+        if not item.get("passed"):
+            lines.append(f"  FAILED {item['name']}: max abs error {item['max_abs_error']:.3g}, "
+                         f"max rel error {item['max_rel_error']:.3g}")
+    if summary.get("failed_because"):
+        lines.append("failed because: " + "; ".join(summary["failed_because"]))
+    return "\n".join(lines)
+
+
+@click.command("submit")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--server", envvar="GRADCHECK_SERVER", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--token", envvar="GRADCHECK_TOKEN", help="Project token (or GRADCHECK_TOKEN).")
+@click.option("--wait", is_flag=True, help="Wait for the run to finish, showing progress.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run (with its report) as JSON.")
+@click.option("--mode", type=click.Choice(["full", "default", "fast"]), default=None)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+@click.option("--order", type=click.Choice(["1", "2"]), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--options", "options_json", default=None, help="More options as JSON, e.g. '{\"fail_on\":[...]}'.")
+@click.option("--name", default=None, help="Model name (default: the spec's name or the file name).")
+@click.option("--repo", default=None)
+@click.option("--branch", default=None)
+@click.option("--commit", default=None)
+@click.option("--label", "labels", multiple=True, help="Repeatable.")
+@click.option("--timeout", type=float, default=None, help="Wall-time limit of the check, seconds.")
+@click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between status polls.")
+def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool, mode: str | None,
+           device: str | None, order: str | None, seed: int | None, options_json: str | None, name: str | None,
+           repo: str | None, branch: str | None, commit: str | None, labels: tuple[str, ...],
+           timeout: float | None, poll: float) -> None:
+    """Submit PATH (a .py model file or a .json spec) to a gradcheck-service server."""
+
+    def bad(message: str) -> None:
+        click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+    if not token:
+        bad("no token: pass --token or set GRADCHECK_TOKEN (gradcheck-service token create --project NAME)")
+    if not path.is_file():
+        bad(f"{path}: no such file")
+    try:
+        options: dict[str, Any] = json.loads(options_json) if options_json else {}
+    except ValueError as exc:
+        bad(f"--options is not valid JSON: {exc}")
+    for key, value in (("mode", mode), ("device", device), ("order", int(order) if order else None),
+                       ("seed", seed)):
+        if value is not None:
+            options[key] = value
+    metadata: dict[str, Any] = {"labels": list(labels),
+                                "git": {k: v for k, v in (("repo", repo), ("branch", branch), ("commit", commit))
+                                        if v}}
+    if name:
+        metadata["name"] = name
+    if timeout:
+        metadata["timeout_s"] = timeout
+    base = server.rstrip("/")
+    body, content_type = _multipart({"options": json.dumps(options), "metadata": json.dumps(metadata)}, "model", path)
+    try:
+        created = _request("POST", f"{base}/api/v1/runs", str(token), body, content_type)
+        if not wait:
+            click.echo(json.dumps(created) if as_json else created["id"])
+            return
+        run = _wait(base, str(token), created["id"], poll, show=not as_json and sys.stderr.isatty())
+    except ClientError as exc:
+        bad(str(exc))
+        return
+    click.echo(json.dumps(run, indent=2) if as_json else _describe(run))
+    sys.exit({"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(run["status"], EXIT_ERROR))
+
+
+def _wait(base: str, token: str, run_id: str, poll: float, show: bool) -> dict[str, Any]:
+    last = ""
+    while True:
+        run = _request("GET", f"{base}/api/v1/runs/{run_id}", token)
+        if run["status"] in ("passed", "failed", "error"):
+            if show:
+                click.echo("\r" + " " * len(last) + "\r", nl=False, err=True)
+            return dict(run)
+        if show:
+            fraction = run["progress"].get("fraction")
+            line = f"{run['status']}" + (f" {run['progress'].get('stage') or ''} {fraction:.0%}"
+                                         if fraction is not None else "")
+            click.echo("\r" + line.ljust(len(last)), nl=False, err=True)
+            last = line
+        time.sleep(poll)
+
+

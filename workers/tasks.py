@@ -1,0 +1,21 @@
+"""Celery tasks: thin wrappers taking ids, the work is in ``gradcheck_service.jobs``."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from flask import current_app
+
+from gradcheck_service.extensions import REAP_TASK, RUN_TASK
+from gradcheck_service.jobs.execute import execute_run, requeue_stale_runs
+
+
+@shared_task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_check(run_id: str) -> str:
+    """Check one submitted run (time limits come with each message, from the run's own timeout)."""
+    return execute_run(run_id, dict(current_app.config))
+
+
+@shared_task(name=REAP_TASK, ignore_result=True)
+def reap_stale_runs() -> list[str]:
+    """Requeue runs stuck in ``running`` whose worker vanished (scheduled by Celery beat)."""
+    return requeue_stale_runs(current_app.extensions["celery"], dict(current_app.config))
