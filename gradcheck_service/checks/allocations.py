@@ -3,8 +3,8 @@
 Two independent instruments:
 
 * **Saved tensors** (``torch.autograd.graph.saved_tensors_hooks``): every tensor autograd saves for backward passes
-  through the pack hook; distinct storages are counted once (views share a storage) and parameter storages are
-  excluded. Each one is attributed to the innermost module running at that moment. References are held only until
+  through the pack hook; distinct storages are counted once (views share a storage) and parameter and buffer
+  storages are excluded. Each one is attributed to the innermost module running at that moment. References are held only until
   the forward ends, so a storage address cannot be reused by another tensor while we count, and backward frees
   memory as it normally would.
 * **Allocation peak**: on CUDA the caching allocator's own peak (``torch.cuda.max_memory_allocated``). On CPU a
@@ -16,6 +16,7 @@ Two independent instruments:
 
 from __future__ import annotations
 
+import gc
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -109,10 +110,11 @@ class StepMeasurement:
 
 
 class _SavedTensorCounter:
-    """Pack hook + module stack: distinct saved storages (parameters excluded), attributed to modules."""
+    """Pack hook + module stack: distinct saved storages (parameters and buffers excluded), attributed to modules."""
 
     def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], checkpointed: set[str]) -> None:
-        self.param_keys = {storage_key(p) for p in model.parameters()}
+        # parameters and buffers (BatchNorm saves its running statistics) are resident state, not activations
+        self.param_keys = {storage_key(t) for t in (*model.parameters(), *model.buffers())}
         self.input_keys = {storage_key(t) for t in inputs if isinstance(t, torch.Tensor)}
         self.seen: dict[tuple[str, int], tuple[torch.Tensor, str]] = {}
         self.by_module: dict[str, ModuleSaved] = {}
@@ -228,15 +230,26 @@ def measure_step(
 
 def timed_step(model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: LossFn,
                device: torch.device) -> tuple[float, float]:
-    """(forward seconds including the loss, backward seconds) of one plain, uninstrumented step."""
-    _sync(device)
-    start = time.perf_counter()
-    loss = compute_loss(model, inputs, loss_fn)
-    _sync(device)
-    middle = time.perf_counter()
-    loss.backward()
-    _sync(device)
-    return middle - start, time.perf_counter() - middle
+    """(forward seconds including the loss, backward seconds) of one plain, uninstrumented step.
+
+    Python's garbage collector is paused during the step (as ``timeit`` does): a full collection triggered by
+    earlier allocations would otherwise land in the timed region (0.1-0.2 s with torch loaded).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        loss = compute_loss(model, inputs, loss_fn)
+        _sync(device)
+        middle = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        end = time.perf_counter()
+    finally:
+        if was_enabled:
+            gc.enable()
+    return middle - start, end - middle
 
 
 @contextmanager

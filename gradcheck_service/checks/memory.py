@@ -59,8 +59,8 @@ class MemoryProfile(_Model):
     gradient_bytes: int = Field(description="One gradient per trainable parameter, in its dtype.")
     optimizer_state: OptimizerState
     activation_bytes: int = Field(
-        description="Distinct storages autograd saved for backward in one forward+loss, parameters excluded "
-        "(saved_tensors_hooks); includes input batches the first layers keep."
+        description="Distinct storages autograd saved for backward in one forward+loss, parameters and buffers "
+        "excluded (saved_tensors_hooks); includes input batches the first layers keep."
     )
     activation_input_bytes: int = Field(description="Part of activation_bytes that is the model's own inputs.")
     saved_tensors: int = Field(description="Tensors packed for backward, before de-duplicating storages.")
