@@ -51,8 +51,7 @@ def run_json(run: Run, *, report: RunReport | None = None, with_report: bool = F
         "error": {"code": run.error_code or "error", "message": run.error_message or ""}
         if run.status == "error" else None,
     }
-    if report is not None:
-        out["summary"] = summary(report)
-        if with_report:
-            out["report"] = report.report
+    out["summary"] = summary(report) if report is not None else None
+    if with_report:
+        out["report"] = report.report if report is not None else None
     return out

@@ -8,13 +8,13 @@ from typing import Any
 
 from .models import Base, GradientStat, RunReport, TensorResult
 
-# Names the memory section may give each figure (bytes); the first present wins.
+# Memory figures copied into columns: column -> path inside the report's ``memory`` section (bytes).
 _MEMORY_FIELDS: dict[str, tuple[str, ...]] = {
-    "parameter_bytes": ("parameter_bytes", "parameters_bytes", "params_bytes"),
-    "gradient_bytes": ("gradient_bytes", "gradients_bytes", "grad_bytes"),
-    "optimizer_bytes": ("optimizer_bytes", "optimizer_state_bytes"),
-    "activation_bytes": ("activation_bytes", "activations_bytes", "saved_activation_bytes"),
-    "peak_bytes": ("peak_bytes", "peak_step_bytes", "measured_peak_bytes"),
+    "parameter_bytes": ("parameter_bytes",),
+    "gradient_bytes": ("gradient_bytes",),
+    "optimizer_bytes": ("optimizer_state", "adam_bytes"),  # Adam's state, the usual worst case
+    "activation_bytes": ("activation_bytes",),
+    "peak_bytes": ("peak_bytes",),
 }
 
 
@@ -25,20 +25,18 @@ def _finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _lookup(section: Mapping[str, Any], names: Iterable[str]) -> int | None:
-    """First integer figure among ``names`` in the section or one level below it (e.g. a ``breakdown``)."""
-    scopes = [section] + [v for v in section.values() if isinstance(v, Mapping)]
-    for scope in scopes:
-        for name in names:
-            value = scope.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                return int(value)
-    return None
+def _at(section: Any, path: Iterable[str]) -> int | None:
+    for key in path:
+        if not isinstance(section, Mapping):
+            return None
+        section = section.get(key)
+    value = _finite(section)
+    return int(value) if value is not None else None
 
 
 def memory_figures(report: Mapping[str, Any]) -> dict[str, int | None]:
     memory = report.get("memory") or {}
-    return {column: _lookup(memory, names) for column, names in _MEMORY_FIELDS.items()}
+    return {column: _at(memory, path) for column, path in _MEMORY_FIELDS.items()}
 
 
 def report_rows(run_id: str, report: Mapping[str, Any]) -> list[Base]:

@@ -1,0 +1,157 @@
+"""Helpers for the service tests: specs, real reports, starting and stopping real service processes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny model: checks in well under a second.
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "input": {"shape": [4, 3], "dtype": "float64"},
+    "layers": [{"type": "linear", "out_features": 4}, {"type": "tanh"}, {"type": "linear", "out_features": 2}],
+    "loss": {"type": "mse"},
+}
+
+# A model file whose build() sleeps, so a test can act while the run is in `running`.
+SLOW_MODEL = '''
+import time
+import torch
+from torch import nn
+
+def build():
+    time.sleep({sleep})
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double(), torch.randn(4, 3, dtype=torch.float64)
+'''
+
+# A custom autograd Function whose backward is wrong by a factor of 1.5 (a real bug the check must catch).
+BUGGY_MODEL = '''
+import torch
+from torch import nn
+
+class BadSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 3.0 * x
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(BadSquare.apply(self.linear(x)))
+
+def build():
+    torch.manual_seed(0)
+    return Net().double(), torch.randn(4, 3, dtype=torch.float64)
+'''
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(TINY_SPEC)
+    data.update(changes)
+    return data
+
+
+def real_report(spec_data: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    """Run the real engine in this (test) process on a spec and return the report's JSON form."""
+    from gradcheck_service.checks.engine import check
+    from gradcheck_service.definitions.build import build_from_spec
+
+    definition = build_from_spec(spec_data or TINY_SPEC)
+    report = check(definition.module, definition.inputs, definition.loss_fn, name=definition.name, **options)
+    return report.model_dump(mode="json")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(**settings: Any) -> dict[str, str]:
+    """The test process's environment without any GRADCHECK_* setting, plus ``settings`` as GRADCHECK_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADCHECK_")}
+    env["PYTHONPATH"] = str(ROOT)
+    for key, value in settings.items():
+        env[f"GRADCHECK_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a service command (``python -m gradcheck_service.service_cli ...``) to completion."""
+    return subprocess.run([sys.executable, "-m", "gradcheck_service.service_cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class ServiceProcess:
+    """A long-running service process (worker, server) in its own process group, logging to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.handle = log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gradcheck_service.service_cli", *args], env=env,
+                                     cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"process exited ({self.proc.returncode}) before '{text}':\n{self.output()}")
+            time.sleep(0.1)
+        raise AssertionError(f"'{text}' not seen within {timeout} s:\n{self.output()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the worker, its pool and its check children)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in the group
+        except ProcessLookupError:
+            pass
+        self.handle.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,124 @@
+"""POST /api/v1/runs: what is accepted, and how every kind of bad input is answered (JSON, with paths)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from flask.testing import FlaskClient
+
+from gradcheck_service.api.schemas import RunOut
+from tests.service_support import BUGGY_MODEL, spec
+from tests.unit.service_api import Project
+
+
+def _problems(response) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    body = response.get_json()
+    assert body["error"]["code"] == "validation_error", body
+    return {p["path"]: p["message"] for p in body["error"]["problems"]}
+
+
+def test_json_spec_is_accepted_queued_and_readable(client: FlaskClient, project: Project) -> None:
+    body = {"spec": spec(), "options": {"mode": "full", "seed": 3},
+            "metadata": {"name": "mlp-a", "git": {"repo": "r", "branch": "main", "commit": "abc123"},
+                         "labels": ["nightly", "ci"], "timeout_s": 30}}
+    response = client.post("/api/v1/runs", json=body, headers=project.headers)
+    assert response.status_code == 202, response.get_json()
+    created = response.get_json()
+    assert created["status"] == "queued" and created["queue"] == "cpu"
+    assert response.headers["Location"] == created["url"] == f"/api/v1/runs/{created['id']}"
+    run = client.get(created["url"], headers=project.headers).get_json()
+    RunOut.model_validate(run)
+    assert run["status"] == "queued" and run["report"] is None and run["error"] is None
+    assert run["model"]["name"] == "mlp-a" and run["model"]["kind"] == "spec" and len(run["model"]["hash"]) == 64
+    assert run["options"]["mode"] == "full" and run["options"]["seed"] == 3
+    assert run["git"] == {"repo": "r", "branch": "main", "commit": "abc123"}
+    assert run["labels"] == ["ci", "nightly"]
+
+
+def test_cuda_runs_go_to_the_gpu_queue(client: FlaskClient, project: Project) -> None:
+    response = client.post("/api/v1/runs", json={"spec": spec(), "options": {"device": "cuda"}},
+                           headers=project.headers)
+    assert response.status_code == 202
+    assert response.get_json()["queue"] == "gpu"
+
+
+def test_model_file_and_spec_file_upload(client: FlaskClient, project: Project) -> None:
+    py = client.post("/api/v1/runs", headers=project.headers, data={
+        "model": (io.BytesIO(BUGGY_MODEL.encode()), "buggy.py"), "options": json.dumps({"mode": "fast"}),
+        "metadata": json.dumps({"labels": ["x"]})}, content_type="multipart/form-data")
+    assert py.status_code == 202, py.get_json()
+    run = client.get(py.get_json()["url"], headers=project.headers).get_json()
+    assert run["model"] == {"name": "buggy", "kind": "python", "hash": run["model"]["hash"]}
+    assert run["options"]["mode"] == "fast"
+    definition = client.get(py.get_json()["url"] + "/definition", headers=project.headers).get_json()
+    assert definition["source"] == BUGGY_MODEL and definition["kind"] == "python"
+
+    js = client.post("/api/v1/runs", headers=project.headers, data={
+        "model": (io.BytesIO(json.dumps(spec(name="from-file")).encode()), "m.json")},
+        content_type="multipart/form-data")
+    assert js.status_code == 202, js.get_json()
+    assert client.get(js.get_json()["url"], headers=project.headers).get_json()["model"]["name"] == "from-file"
+
+
+def test_spec_errors_listed_with_their_paths(client: FlaskClient, project: Project) -> None:
+    bad = spec(layers=[{"type": "linear", "out_features": 0}, {"type": "tanhh"}])
+    response = client.post("/api/v1/runs", json={"spec": bad, "options": {"mode": "thorough"}},
+                           headers=project.headers)
+    assert response.status_code == 422
+    problems = _problems(response)
+    assert "$.spec.layers[0].out_features" in problems
+    assert "$.spec.layers[1].type" in problems and "tanh" in problems["$.spec.layers[1].type"]
+    assert "$.options.mode" in problems
+
+
+def test_shape_errors_and_caps_are_422(client: FlaskClient, project: Project) -> None:
+    huge = spec(layers=[{"type": "linear", "out_features": 100_000}, {"type": "linear", "out_features": 100_000}])
+    problems = _problems(client.post("/api/v1/runs", json={"spec": huge}, headers=project.headers))
+    assert any("parameters" in m and "cap" in m for m in problems.values()), problems
+
+
+def test_unknown_fields_metadata_and_timeout(client: FlaskClient, project: Project) -> None:
+    response = client.post("/api/v1/runs", headers=project.headers, json={
+        "spec": spec(), "extra": 1, "metadata": {"labels": ["bad label!"], "timeout_s": 10**9}})
+    problems = _problems(response)
+    assert problems["$.extra"] == "unknown field 'extra'"
+    assert "$.metadata.labels[0]" in problems
+    response = client.post("/api/v1/runs", headers=project.headers,
+                           json={"spec": spec(), "metadata": {"timeout_s": 10**6}})
+    assert "over this server's limit" in _problems(response)["$.metadata.timeout_s"]
+
+
+def test_python_file_problems_found_without_running_it(client: FlaskClient, project: Project) -> None:
+    def upload(source: str, name: str = "m.py"):  # type: ignore[no-untyped-def]
+        return client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data",
+                           data={"model": (io.BytesIO(source.encode()), name)})
+
+    assert _problems(upload("import os\n\ndef build(:\n")) == {"model:3": "syntax error: invalid syntax"}
+    assert "no top-level build()" in _problems(upload("x = 1\n"))["model"]
+    assert "expected a .py model file or a .json spec" in _problems(upload("x", "m.txt"))["model"]
+    problems = _problems(upload('{"input": {"shape": [2, 3]}, "layers": []}', "m.json"))
+    assert "model:$.layers" in problems
+    response = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data",
+                           data={"options": "{}"})
+    assert "missing file field 'model'" in _problems(response)["model"]
+
+
+def test_malformed_and_wrongly_typed_bodies(client: FlaskClient, project: Project) -> None:
+    response = client.post("/api/v1/runs", data="{not json", content_type="application/json",
+                           headers=project.headers)
+    assert _problems(response) == {"$": "the body is not valid JSON"}
+    assert "$.spec" in _problems(client.post("/api/v1/runs", json={"spec": [1]}, headers=project.headers))
+    response = client.post("/api/v1/runs", data="hello", content_type="text/plain", headers=project.headers)
+    assert response.status_code == 415 and response.get_json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_body_over_the_limit_is_413_json(client: FlaskClient, project: Project) -> None:
+    big = {"spec": spec(description="x" * 300_000)}
+    response = client.post("/api/v1/runs", json=big, headers=project.headers)
+    assert response.status_code == 413
+    error = response.get_json()["error"]
+    assert error["code"] == "too_large" and "262,144 bytes" in error["message"]
+    upload = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data",
+                         data={"model": (io.BytesIO(b"#" * 300_000), "m.py")})
+    assert upload.status_code == 413 and upload.is_json
