@@ -138,8 +138,8 @@ def test_run_that_kills_its_worker_every_time_ends_as_error_and_others_complete(
     try:
         run_id = api.submit_file(SLOW_MODEL.replace("{sleep}", "60"), "slow.py")
         for attempt in (1, 2):
-            running = wait_until(lambda: (r := api.run(run_id))["status"] == "running"  # noqa: B023
-                                 and r["attempts"] == attempt and r, 60, f"attempt {attempt}")
+            running = wait_until(lambda n=attempt: (r := api.run(run_id))["status"] == "running"
+                                 and r["attempts"] == n and r, 60, f"attempt {attempt}")
             os.kill(_pool_pid(running), signal.SIGKILL)
         run = api.wait(run_id, 60)
         assert run["status"] == "error" and run["error"]["code"] == "worker_lost", run
