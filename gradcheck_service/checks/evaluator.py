@@ -11,6 +11,8 @@ which is slower but exact; the report says which evaluator ran.
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,9 +194,13 @@ class LossEvaluator:
         fn: Callable[[torch.Tensor], torch.Tensor] = lambda d: self._perturbed_loss(target, d)  # noqa: E731
         batched = vmap(fn, randomness="same")
         parts = []
-        for start in range(0, deltas.shape[0], self.chunk_size):
-            parts.append(batched(deltas[start : start + self.chunk_size]))
-            self._restore_state()
+        with warnings.catch_warnings():
+            # Ops without a batching rule (e.g. CPU flash attention) run in a per-sample loop inside vmap and warn
+            # about speed; the result is still exact, and _batched_matches verifies it.
+            warnings.filterwarnings("ignore", message=".*batching rule.*", category=UserWarning)
+            for start in range(0, deltas.shape[0], self.chunk_size):
+                parts.append(batched(deltas[start : start + self.chunk_size]))
+                self._restore_state()
         self.evaluations += deltas.shape[0]
         return torch.cat(parts)
 

@@ -15,10 +15,10 @@ from torch import nn
 from ..options import CheckOptions
 from ..report import TensorCheck
 from .analytic import AnalyticPass
-from .directions import measure_coordinates
+from .directions import measure, measure_coordinates, probe_directions
 from .evaluator import LossEvaluator, Target
 from .finite_difference import relative_floor
-from .gradcheck import Checked, Comparison, parameter_space_from_output, summarize
+from .gradcheck import Checked, Comparison, compare, parameter_space_from_output, summarize
 from .working_copy import WorkingCopy
 
 KINK_ERROR = 1e300  # error assigned to output entries at a kink: excludes the weights they feed from the verdict
@@ -42,40 +42,92 @@ def check_linear_layers(
         own = [(f"{name}.{pn}" if name else pn, p) for pn, p in module.named_parameters(recurse=False)]
         if not own or any(n not in trainable or id(p) in shared for n, p in own) or call.grad_z is None:
             continue
-        param_numel = sum(p.numel() for _, p in own)
-        if call.z.numel() >= param_numel or (opts.mode != "full" and call.z.numel() > opts.max_coordinates):
+        channels = _plan_channels(module, call.z, sum(p.numel() for _, p in own), opts, gen)
+        if channels is None:
             continue
         if not _gradients_flow_only_through_layer(module, call, own, analytic):
             notes.append(f"{name}: its parameters are also used outside the layer; checked by direct perturbation")
             continue
-        results.update(_check_layer(name, module, call, own, analytic, evaluator, opts, work.dtype))
+        results.update(_check_layer(name, module, call, own, analytic, evaluator, opts, work.dtype, channels, gen))
     return results, notes
 
 
-def _check_layer(name, module, call, own, analytic, evaluator, opts, dtype):  # type: ignore[no-untyped-def]
+def _channel_dim(module: nn.Module, z: torch.Tensor) -> int:
+    """Dimension of ``z`` indexed by output channel (= row of the weight): last for Linear, 1 for Conv."""
+    return z.dim() - 1 if isinstance(module, nn.Linear) else 1
+
+
+def _plan_channels(
+    module: nn.Module, z: torch.Tensor, param_numel: int, opts: CheckOptions, gen: torch.Generator
+) -> torch.Tensor | None:
+    """Output channels whose weight rows are checked through the output, or None to perturb weights directly.
+
+    Every entry of ``z`` in channel ``i`` depends on weight row ``i`` only, so measuring the output entries of a
+    few channels checks those rows completely. ``full`` mode takes every channel when that is cheaper than
+    perturbing the weights; ``default`` mode takes as many channels as ``sample_coordinates`` output entries buy.
+    """
+    if z.numel() >= param_numel:
+        return None
+    n_channels = z.shape[_channel_dim(module, z)]
+    if opts.mode == "full" or z.numel() <= opts.max_coordinates:
+        return torch.arange(n_channels)
+    per_channel = z.numel() // n_channels
+    count = max(1, min(n_channels, opts.sample_coordinates // max(per_channel, 1)))
+    chosen = set(torch.randperm(n_channels, generator=gen)[:count].tolist()) | {0, n_channels - 1}
+    return torch.tensor(sorted(chosen))
+
+
+def _check_layer(name, module, call, own, analytic, evaluator, opts, dtype, channels, gen):  # type: ignore[no-untyped-def]
     target = Target("output", name, call.z, module=module)
-    flat = torch.arange(call.z.numel())
+    dim = _channel_dim(module, call.z)
+    n_channels = call.z.shape[dim]
+    selected = torch.zeros(n_channels, dtype=torch.bool)
+    selected[channels] = True
+    shape = [1] * call.z.dim()
+    shape[dim] = n_channels
+    in_channels = selected.view(shape).expand(call.z.shape).reshape(-1)
+    flat = in_channels.nonzero().flatten()
     measured = measure_coordinates(evaluator, target, flat, dtype)
-    numeric_z = measured.numeric.reshape(call.z.shape).to(call.z.dtype)
-    error_z = torch.where(measured.kink, torch.full_like(measured.error, KINK_ERROR), measured.error)
-    error_z = error_z.reshape(call.z.shape).to(call.z.dtype)
+    numeric_z = torch.zeros(call.z.numel(), dtype=call.z.dtype)
+    error_z = torch.zeros(call.z.numel(), dtype=call.z.dtype)
+    numeric_z[flat] = measured.numeric.to(call.z.dtype)
+    error_z[flat] = torch.where(measured.kink, torch.full_like(measured.error, KINK_ERROR), measured.error).to(
+        call.z.dtype)
+    numeric_z, error_z = numeric_z.reshape(call.z.shape), error_z.reshape(call.z.shape)
     has_bias = len(own) == 2
     numeric, bound = parameter_space_from_output(module, call.x, numeric_z, error_z, has_bias)
+    complete = bool(selected.all())
     out: dict[str, TensorCheck] = {}
-    method = (f"output-space central differences ({call.z.numel()} entries of {name or 'the root'}'s output) "
-              f"through the exact linear map of {type(module).__name__}")
+    method = (f"output-space central differences ({flat.numel()} entries of {name or 'the root'}'s output"
+              f"{'' if complete else f', {int(selected.sum())} of {n_channels} channels'}) through the exact "
+              f"linear map of {type(module).__name__}")
     for (pname, p), num, err in zip(own, numeric, bound, strict=True):
         grad = analytic.parameter_grads[pname]
-        a = (torch.zeros(p.shape, dtype=torch.float64) if grad is None else grad.to(torch.float64)).reshape(-1)
-        num64, err64 = num.to(torch.float64).reshape(-1), err.to(torch.float64).reshape(-1)
-        scale = torch.maximum(a.abs(), num64.abs())
-        kink = err64 >= KINK_ERROR / 10
-        tol = opts.safety_factor * err64 + relative_floor(dtype) * scale
-        index = torch.stack(torch.unravel_index(torch.arange(p.numel()), p.shape), dim=1)
-        comp = Comparison(index, a, num64, tol, kink)
-        item = Checked(pname, "parameter", Target("parameter", pname, p.detach()), a.reshape(p.shape), grad is None)
-        out[pname] = summarize(item, comp, None, "full", method, p.numel())
+        a = (torch.zeros(p.shape, dtype=torch.float64) if grad is None else grad.to(torch.float64))
+        rows = channels  # weight and bias are indexed by output channel along dim 0
+        a_rows, num_rows = a[rows].reshape(-1), num.to(torch.float64)[rows].reshape(-1)
+        err_rows = err.to(torch.float64)[rows].reshape(-1)
+        scale = torch.maximum(a_rows.abs(), num_rows.abs())
+        kink = err_rows >= KINK_ERROR / 10
+        tol = opts.safety_factor * err_rows + relative_floor(dtype) * scale
+        row_index = torch.stack(torch.unravel_index(torch.arange(a_rows.numel()), a[rows].shape), dim=1)
+        row_index[:, 0] = rows[row_index[:, 0]]
+        comp = Comparison(row_index, a_rows, num_rows, tol, kink)
+        item = Checked(pname, "parameter", Target("parameter", pname, p.detach()), a, grad is None)
+        probes = None
+        if not complete:
+            probes = _probes(evaluator, item, opts, dtype, gen)
+        out[pname] = summarize(item, comp, probes, "full" if complete else "sampled", method, p.numel())
     return out
+
+
+def _probes(evaluator: LossEvaluator, item: Checked, opts: CheckOptions, dtype: torch.dtype,
+            gen: torch.Generator) -> Comparison:
+    """Whole-tensor random-direction probes (default mode covers the rows not sampled this way)."""
+    dirs = probe_directions(item.target.base, opts.probes, gen)
+    measured = measure(evaluator, item.target, dirs, dtype)
+    analytic = dirs.to(torch.float64).reshape(opts.probes, -1) @ item.analytic.reshape(-1)
+    return compare(analytic, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)
 
 
 def _gradients_flow_only_through_layer(module: nn.Module, call, own, analytic: AnalyticPass) -> bool:  # type: ignore[no-untyped-def]
