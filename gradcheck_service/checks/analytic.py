@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -62,7 +63,7 @@ def run_analytic(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> Analyti
     return AnalyticPass(
         parameter_grads={n: _cpu(g) for n, g in zip(param_names, grads[: len(params)], strict=True)},
         input_grads={i: _cpu(g) for i, g in zip(work.float_input_indices, grads[len(params):], strict=True)},
-        layer_calls={k: [LayerCall(_cpu(c.x), _cpu(c.z), _cpu(c.grad_z)) for c in v] for k, v in calls.items()},
+        layer_calls={k: [LayerCall(c.x.cpu(), c.z.cpu(), _cpu(c.grad_z)) for c in v] for k, v in calls.items()},
     )
 
 
@@ -70,7 +71,7 @@ def module_param_names(work: WorkingCopy) -> list[tuple[str, nn.Parameter]]:
     return work.trainable_parameters()
 
 
-def _recorder(name: str, calls: dict[str, list[LayerCall]]):  # type: ignore[no-untyped-def]
+def _recorder(name: str, calls: dict[str, list[LayerCall]]) -> Callable[..., None]:
     def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
         call = LayerCall(x=args[0].detach().clone(), z=out.detach().clone())
         calls.setdefault(name, []).append(call)
@@ -81,5 +82,5 @@ def _recorder(name: str, calls: dict[str, list[LayerCall]]):  # type: ignore[no-
     return hook
 
 
-def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:  # type: ignore[misc]
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().to("cpu")

@@ -12,7 +12,6 @@ which is slower but exact; the report says which evaluator ran.
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass

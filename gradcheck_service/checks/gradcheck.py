@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -143,16 +145,16 @@ def summarize(
         )
     notes = [note] if note else []
     if probes_failed:
-        notes.append(f"{probes_failed} of {probes.analytic.numel()} random-direction probes failed")  # type: ignore[union-attr]
+        notes.append(f"{probes_failed} random-direction probe(s) failed")
     if item.unused:
         notes.append("autograd returned no gradient (None); compared as zero")
     return TensorCheck(
         name=item.name,
-        kind=item.kind,  # type: ignore[arg-type]
+        kind=item.kind,
         shape=list(item.target.base.shape),
         dtype=str(item.target.base.dtype).replace("torch.", ""),
         passed=failed == 0 and probes_failed == 0,
-        coverage=coverage,  # type: ignore[arg-type]
+        coverage=coverage,
         method=method,
         numel=numel,
         coordinates_checked=int(coords.analytic.numel()) if coords is not None else 0,
@@ -177,11 +179,15 @@ def is_linear_in_parameters(module: nn.Module) -> bool:
     return any(type(module).forward is cls.forward and isinstance(module, cls) for cls in LINEAR_IN_PARAMETERS)
 
 
-def linear_map(module: nn.Module, x: torch.Tensor):  # type: ignore[no-untyped-def]
+LinearMap = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def linear_map(module: nn.Module, x: torch.Tensor) -> LinearMap:
     """``(weight, bias) -> output`` of the module at a fixed input: exactly linear in (weight, bias)."""
     if isinstance(module, nn.Linear):
         return lambda w, b: F.linear(x, w, b)
-    return lambda w, b: module._conv_forward(x, w, b)  # type: ignore[operator]
+    conv: Any = module
+    return lambda w, b: conv._conv_forward(x, w, b)
 
 
 def parameter_space_from_output(
@@ -193,13 +199,12 @@ def parameter_space_from_output(
     layer's own (trusted, library) linear map; the numeric ``dL/dz`` carries all the finite-difference error, and
     ``|J|^T err_z`` (the same map applied to ``|x|``) bounds the error it induces in every weight.
     """
-    w = module.weight.detach()
-    b = module.bias.detach() if has_bias else None
-    args = (w, b) if has_bias else (w,)
+    layer: Any = module
+    args = (layer.weight.detach(), layer.bias.detach()) if has_bias else (layer.weight.detach(),)
     fn = linear_map(module, x)
-    _, pull = vjp(lambda *p: fn(p[0], p[1] if has_bias else None), *args)
+    pull = vjp(lambda *p: fn(p[0], p[1] if has_bias else None), *args)[1]
     numeric = list(pull(numeric_z))
     fn_abs = linear_map(module, x.abs())
-    _, pull_abs = vjp(lambda *p: fn_abs(p[0], p[1] if has_bias else None), *args)
+    pull_abs = vjp(lambda *p: fn_abs(p[0], p[1] if has_bias else None), *args)[1]
     bound = list(pull_abs(error_z))
     return numeric, bound

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..options import CheckOptions
 from ..report import TensorCheck
-from .analytic import AnalyticPass
+from .analytic import AnalyticPass, LayerCall
 from .directions import measure, measure_coordinates, probe_directions
 from .evaluator import LossEvaluator, Target
 from .finite_difference import relative_floor
@@ -77,7 +77,10 @@ def _plan_channels(
     return torch.tensor(sorted(chosen))
 
 
-def _check_layer(name, module, call, own, analytic, evaluator, opts, dtype, channels, gen):  # type: ignore[no-untyped-def]
+def _check_layer(
+    name: str, module: nn.Module, call: LayerCall, own: list[tuple[str, nn.Parameter]], analytic: AnalyticPass,
+    evaluator: LossEvaluator, opts: CheckOptions, dtype: torch.dtype, channels: torch.Tensor, gen: torch.Generator,
+) -> dict[str, TensorCheck]:
     target = Target("output", name, call.z, module=module)
     dim = _channel_dim(module, call.z)
     n_channels = call.z.shape[dim]
@@ -130,13 +133,16 @@ def _probes(evaluator: LossEvaluator, item: Checked, opts: CheckOptions, dtype: 
     return compare(analytic, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)
 
 
-def _gradients_flow_only_through_layer(module: nn.Module, call, own, analytic: AnalyticPass) -> bool:  # type: ignore[no-untyped-def]
+def _gradients_flow_only_through_layer(
+    module: nn.Module, call: LayerCall, own: list[tuple[str, nn.Parameter]], analytic: AnalyticPass
+) -> bool:
     """Autograd's parameter gradients must equal the layer's own pullback of autograd's output gradient.
 
     If they differ, the weights are used somewhere else too (read directly in a parent's forward), and the output
     of this layer does not carry all of their influence on the loss.
     """
     has_bias = len(own) == 2
+    assert call.grad_z is not None
     pulled, _ = parameter_space_from_output(module, call.x, call.grad_z, call.grad_z.abs(), has_bias)
     for (pname, _p), via_layer in zip(own, pulled, strict=True):
         grad = analytic.parameter_grads[pname]

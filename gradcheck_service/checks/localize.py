@@ -11,6 +11,7 @@ submodules fails (the smallest failing modules); the root is blamed when the bug
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,7 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
     stack: dict[int, list[ModuleCall]] = {}
     handles = []
 
-    def pre(name: str):  # type: ignore[no-untyped-def]
+    def pre(name: str) -> Callable[..., None]:
         def hook(m: nn.Module, args: tuple, kwargs: dict) -> None:
             n = counts.get(name, 0)
             counts[name] = n + 1
