@@ -27,7 +27,6 @@ from .. import runner
 # Variables passed through to the child; everything else is dropped.
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                    "CUBLAS_WORKSPACE_CONFIG")
-POLL_S = 0.1  # how often the watcher looks at the child, seconds
 
 Progress = Callable[[str | None, float | None], bool]  # returns False to abandon the check
 
@@ -96,14 +95,15 @@ def read_result(job_dir: Path, max_bytes: int, exit_note: str) -> Outcome:
 
 
 def _watch(pid: int, job_dir: Path, timeout_s: float, on_progress: Progress, heartbeat_s: float,
-           ended: Callable[[], str | None]) -> str | None:
-    """Wait for the child; returns how it ended (None: normally) or a timeout/abandon error code."""
+           wait_end: Callable[[float], bool]) -> str | None:
+    """Wait for the child, sending heartbeats; None when it ended by itself, else "timeout" or "abandoned".
+
+    ``wait_end(seconds)`` blocks until the child ends (True) or the time passes (False), so the end of a check is
+    noticed at once rather than at the next poll.
+    """
     deadline = time.monotonic() + timeout_s
-    next_beat = 0.0
+    next_beat = time.monotonic()
     while True:
-        note = ended()
-        if note is not None:
-            return None
         now = time.monotonic()
         if now >= deadline:
             _kill_group(pid)
@@ -114,7 +114,16 @@ def _watch(pid: int, job_dir: Path, timeout_s: float, on_progress: Progress, hea
             if not on_progress(stage, fraction):
                 _kill_group(pid)
                 return "abandoned"
-        time.sleep(POLL_S)
+        if wait_end(max(0.0, min(deadline, next_beat) - time.monotonic())):
+            return None
+
+
+def _waited(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 class SpawnLauncher:
@@ -129,8 +138,7 @@ class SpawnLauncher:
                 start_new_session=True, close_fds=True,
             )
         try:
-            status = _watch(proc.pid, job_dir, timeout_s, on_progress, heartbeat_s,
-                            lambda: None if proc.poll() is None else "exited")
+            status = _watch(proc.pid, job_dir, timeout_s, on_progress, heartbeat_s, lambda t: _waited(proc, t))
         finally:
             if proc.poll() is None:
                 _kill_group(proc.pid)
@@ -210,15 +218,15 @@ class ForkServerLauncher:
         pid = int(started["pid"])
         ending: dict[str, Any] = {}
 
-        def ended() -> str | None:
-            answer = self._line(proc, 0)
+        def ended(seconds: float) -> bool:
+            answer = self._line(proc, seconds)
             if answer is not None:
                 ending.update(answer)
-                return "exited"
+                return True
             if proc.poll() is not None:
                 ending["lost"] = True
-                return "exited"
-            return None
+                return True
+            return False
 
         try:
             status = _watch(pid, job_dir, timeout_s, on_progress, heartbeat_s, ended)
@@ -228,8 +236,8 @@ class ForkServerLauncher:
             raise
         if status is not None:  # killed: collect the server's answer about it
             deadline = time.monotonic() + 10
-            while not ending and time.monotonic() < deadline and ended() is None:
-                time.sleep(POLL_S)
+            while not ending and time.monotonic() < deadline:
+                ended(max(0.0, deadline - time.monotonic()))
         _kill_group(pid)
         if ending.get("lost"):
             self.close()
@@ -241,6 +249,9 @@ class ForkServerLauncher:
             if self.proc.poll() is None:
                 _kill_group(self.proc.pid)
             self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
             self.proc = None
         if self.home is not None:
             import shutil

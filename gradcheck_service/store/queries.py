@@ -71,8 +71,10 @@ def _filtered(project_id: int, filters: RunFilters) -> Select[tuple[Run]]:
     if filters.commit is not None:
         query = query.where(Run.git_commit == filters.commit)
     if filters.label is not None:
+        # EXISTS on the (run_id, label) primary key: the planner walks the newest runs and probes each, which
+        # stops after one page instead of collecting every labelled run first.
         query = query.where(
-            Run.id.in_(select(RunLabel.run_id).where(RunLabel.label == filters.label))
+            select(RunLabel.run_id).where(RunLabel.run_id == Run.id, RunLabel.label == filters.label).exists()
         )
     if filters.since is not None:
         query = query.where(Run.created_at >= filters.since)
