@@ -147,3 +147,8 @@ def report_json_schema() -> dict:
 def write_json_schema(path: Path = SCHEMA_PATH) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report_json_schema(), indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":  # python -m gradcheck_service.report: regenerate the committed JSON Schema
+    write_json_schema()
+    print(SCHEMA_PATH)

@@ -1,0 +1,78 @@
+"""The `check` command as a CI job sees it: exit codes, one-line errors, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gradcheck_service.cli import main
+from gradcheck_service.report import SCHEMA_PATH, Report, report_json_schema
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+QUICK = ["--no-memory", "--no-health"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from gradcheck_service.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_passing_model_exits_0_and_prints_the_table() -> None:
+    result = CliRunner().invoke(main, ["check", str(EXAMPLES / "mlp.json"), *QUICK])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output and "layers.0.weight" in result.output
+
+
+def test_failing_model_exits_1_and_names_the_faulty_module() -> None:
+    result = CliRunner().invoke(main, ["check", str(EXAMPLES / "buggy_custom_function.py"), *QUICK])
+    assert result.exit_code == 1
+    assert "FAILED" in result.output and "blocks.1.activation" in result.output
+
+
+def test_json_output_is_the_report_and_nothing_else() -> None:
+    proc = run("check", str(EXAMPLES / "buggy_custom_function.py"), "--json", *QUICK)
+    assert proc.returncode == 1
+    report = Report.model_validate_json(proc.stdout)
+    assert report.localization.faulty_modules == ["blocks.1.activation"]
+    assert not report.passed and report.schema_version
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["does/not/exist.py"], "does/not/exist.py"),
+        (["{bad_spec}"], "$.layers[0]"),
+        (["{raising}"], "boom"),
+        (["{mlp}", "--memory-budget", "lots"], "lots"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path: Path, args: list[str], expected: str) -> None:
+    bad_spec = tmp_path / "bad.json"
+    bad_spec.write_text(json.dumps({"input": {"shape": [2, 3]}, "layers": [{"type": "linear", "out_features": -1}]}))
+    raising = tmp_path / "raising.py"
+    raising.write_text("def build():\n    raise RuntimeError('boom')\n")
+    paths = {"bad_spec": str(bad_spec), "raising": str(raising), "mlp": str(EXAMPLES / "mlp.json")}
+    proc = run("check", *[a.format(**paths) for a in args])
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_fail_on_turns_a_diagnosis_into_exit_1() -> None:
+    spec = str(EXAMPLES / "deep_sigmoid.json")
+    assert CliRunner().invoke(main, ["check", spec, "--mode", "fast", "--no-memory"]).exit_code == 0
+    result = CliRunner().invoke(main, ["check", spec, "--mode", "fast", "--no-memory", "--fail-on", "vanishing"])
+    assert result.exit_code == 1 and "vanishing" in result.output
+
+
+def test_committed_json_schema_matches_the_report_model() -> None:
+    assert json.loads(SCHEMA_PATH.read_text()) == report_json_schema(), (
+        "regenerate with: python -m gradcheck_service.report"
+    )
