@@ -4,9 +4,9 @@ Two independent instruments:
 
 * **Saved tensors** (``torch.autograd.graph.saved_tensors_hooks``): every tensor autograd saves for backward passes
   through the pack hook; distinct storages are counted once (views share a storage) and parameter and buffer
-  storages are excluded. Each one is attributed to the innermost module running at that moment. References are held only until
-  the forward ends, so a storage address cannot be reused by another tensor while we count, and backward frees
-  memory as it normally would.
+  storages are excluded. Each one is attributed to the innermost module running at that moment. References are
+  held only until the forward ends, so a storage address cannot be reused by another tensor while we count, and
+  backward frees memory as it normally would.
 * **Allocation peak**: on CUDA the caching allocator's own peak (``torch.cuda.max_memory_allocated``). On CPU a
   ``TorchDispatchMode`` sees every ATen operator of the forward and backward, adds the bytes of each output storage
   that does not alias an input, and subtracts them when the storage is freed (``weakref.finalize`` on the storage
@@ -50,6 +50,18 @@ def distinct_storage_bytes(tensors: Iterator[torch.Tensor] | list[torch.Tensor])
     return sum(seen.values())
 
 
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Tensors in nested lists/tuples/dicts (ATen arguments and results; cheaper than a general pytree walk)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, list | tuple):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
 class AllocationTracker(TorchDispatchMode):
     """Live and peak bytes of storages created by ATen operators while active (CPU peak measurement)."""
 
@@ -65,10 +77,8 @@ class AllocationTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        inputs = {id(a.untyped_storage()) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
-        for result in tree_leaves(out):
-            if not isinstance(result, torch.Tensor):
-                continue
+        inputs = {id(a.untyped_storage()) for a in _tensors((args, kwargs))}
+        for result in _tensors(out):
             storage = result.untyped_storage()
             key = id(storage)
             if key in inputs or key in self._alive:

@@ -116,17 +116,32 @@ def compute_loss(model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: Lo
 
 
 def _finite_stats(tensor: torch.Tensor) -> tuple[float, float, float, int, int]:
-    """(L2 norm, max |x|, mean |x|) over the finite entries, and the NaN and Inf counts. Accumulated in float64."""
+    """(L2 norm, max |x|, mean |x|) over the finite entries, and the NaN and Inf counts.
+
+    Fast path: three reductions (L2 norm, min/max, sum of |x|). A finite L2 norm proves every entry is finite,
+    so the element-wise NaN/Inf scan (several times slower) runs only when the norm is not finite.
+    """
     t = tensor.detach()
+    if t.numel() == 0:
+        return 0.0, 0.0, 0.0, 0, 0
+    norm = float(torch.linalg.vector_norm(t))
+    if math.isfinite(norm):
+        low, high = torch.aminmax(t)  # (vector_norm with ord=inf is ~500x slower on CPU)
+        return norm, max(-float(low), float(high)), float(t.abs().sum()) / t.numel(), 0, 0
     finite = torch.isfinite(t)
     nan_count = int(torch.isnan(t).sum())
     inf_count = int(t.numel() - finite.sum()) - nan_count
-    values = t if nan_count + inf_count == 0 else t[finite]
+    values = t[finite].abs().to(torch.float64)  # float64: the finite entries may be huge enough to overflow
     if values.numel() == 0:
         return 0.0, 0.0, 0.0, nan_count, inf_count
-    absolute = values.abs().to(torch.float64)
-    return (float(torch.linalg.vector_norm(absolute)), float(absolute.max()), float(absolute.mean()),
+    return (float(torch.linalg.vector_norm(values)), float(values.max()), float(values.mean()),
             nan_count, inf_count)
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry is finite; a finite sum proves it in one allocation-free pass."""
+    t = tensor.detach()
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def _parameter_gradients(model: nn.Module) -> list[ParameterGradient]:
@@ -134,7 +149,7 @@ def _parameter_gradients(model: nn.Module) -> list[ParameterGradient]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        weight_norm = _finite_stats(p)[0]
+        weight_norm = _finite_stats(p)[0] if p.numel() else 0.0
         if p.grad is None:
             norm = max_abs = mean_abs = 0.0
             nan_count = inf_count = 0
@@ -177,7 +192,7 @@ class _SignalRecorder:
                 "name": name, "type": type(module).__name__, "call": call,
                 "output_numel": sum(leaf.numel() for leaf in leaves),
                 "sq_norm": 0.0, "reached": False, "nonfinite_grad": False,
-                "nonfinite_output": any(not bool(torch.isfinite(leaf.detach()).all()) for leaf in leaves),
+                "nonfinite_output": not all(_all_finite(leaf) for leaf in leaves),
             }
             self.layers.append(entry)
             for leaf in leaves:
@@ -188,17 +203,20 @@ class _SignalRecorder:
     @staticmethod
     def _on_grad(entry: dict[str, Any]) -> Callable[[torch.Tensor], None]:
         def record(grad: torch.Tensor) -> None:
-            norm, _, _, nan_count, inf_count = _finite_stats(grad)
+            norm = float(torch.linalg.vector_norm(grad.detach()))
+            if not math.isfinite(norm):  # rare: recompute over the finite entries only
+                norm, _, _, nan_count, inf_count = _finite_stats(grad)
+                entry["nonfinite_grad"] = entry["nonfinite_grad"] or nan_count + inf_count > 0
             entry["sq_norm"] += norm * norm
             entry["reached"] = True
-            entry["nonfinite_grad"] = entry["nonfinite_grad"] or nan_count + inf_count > 0
 
         return record
 
     def _count_relu(self, name: str, call: int, output: torch.Tensor) -> None:
-        active = output.detach() > 0
-        if active.dim() >= 2:  # dim 0 is the batch: a unit is dead when it is off for every sample
-            active = active.any(dim=0)
+        out = output.detach()
+        # dim 0 is the batch: a unit is dead when it is off for every sample. ReLU outputs are >= 0, so "largest
+        # value over the batch > 0" is "active at least once" (and a reduction 5x cheaper than any() on CPU).
+        active = out.amax(dim=0) > 0 if out.dim() >= 2 else out > 0
         units = active.numel()
         dead = units - int(active.sum())
         self.relus.append(ReluActivity(name=name, call=call, units=units, dead_units=dead,

@@ -1,0 +1,76 @@
+"""Cost of the default gradient-health and memory sections, as a multiple of one plain forward+backward.
+
+Model: a ~1M-parameter ReLU MLP (256-512-512-512-512-10, batch 64) with the engine's default loss (a seeded random
+projection of the output). "Default sections" = ``analyze_gradients`` + ``profile_memory`` without checkpointing,
+batch scaling or mixed precision. Plain steps and profiles are interleaved in one process after a warm-up run (the
+first profile in a process also pays a one-off import of torch._dynamo by TorchDispatchMode, printed separately).
+The ratio is given on the minimum (the least disturbed run: what the code costs) and on the median (what a busy
+machine saw). Target: < 5x.
+
+    .venv/bin/python benchmarks/profile_overhead.py [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from gradcheck_service.checks.health import analyze_gradients
+from gradcheck_service.checks.loss import RandomProjection
+from gradcheck_service.checks.memory import profile_memory
+from gradcheck_service.options import CheckOptions
+
+
+def build() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    widths = [256, 512, 512, 512, 512]
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], 10))
+    return nn.Sequential(*layers), torch.randn(64, widths[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    model, x = build()
+    loss_fn = RandomProjection(0)
+    options = CheckOptions()
+    params = sum(p.numel() for p in model.parameters())
+
+    def plain() -> float:
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        loss_fn(model(x), x).backward()
+        return time.perf_counter() - start
+
+    def profiled() -> float:
+        start = time.perf_counter()
+        analyze_gradients(model, (x,), loss_fn, options.thresholds, options.seed)
+        profile_memory(model, (x,), loss_fn, options)
+        return time.perf_counter() - start
+
+    first = profiled()  # includes the one-off import
+    for _ in range(3):
+        plain()
+    # interleave the two so machine-load drift affects both alike
+    plain_times, profiled_times = [], []
+    for _ in range(args.repeats):
+        plain_times.append(plain())
+        profiled_times.append(profiled())
+    print(f"model: {params} parameters, batch {x.shape[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for label, stat in (("min", min), ("median", statistics.median)):
+        step, cost = stat(plain_times), stat(profiled_times)
+        print(f"{label:>6}: plain forward+backward {step * 1e3:7.2f} ms, health + memory {cost * 1e3:7.2f} ms "
+              f"-> overhead {cost / step:.2f}x (target < 5x; {args.repeats} runs)")
+    print(f"first call in the process: {first * 1e3:.0f} ms (one-off torch._dynamo import included)")
+
+
+if __name__ == "__main__":
+    main()
