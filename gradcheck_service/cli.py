@@ -12,6 +12,7 @@ from . import __version__
 COMMAND_MODULES = (
     "gradcheck_service.cli_check",
     "gradcheck_service.service_cli",
+    "gradcheck_service.ci.cli",
 )
 
 

@@ -1,0 +1,79 @@
+"""A small client of the service's REST API (``/api/v1``) for ``ci``: submit runs, read them, find baselines.
+
+Standard library only (urllib), like ``submit``; the multipart encoding is shared with ``submit``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ..submit_cli import _multipart
+
+
+class ServiceError(Exception):
+    """A request that failed; ``status`` is the HTTP status, or None when the server could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def rejects_submission(self) -> bool:
+        """The server judged this one submission (invalid, too large) rather than refusing the caller."""
+        return self.status in (413, 415, 422)
+
+
+class ServiceClient:
+    def __init__(self, server: str, token: str, timeout_s: float = 30.0) -> None:
+        self.base = server.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def run_page(self, run_id: str) -> str:
+        """The dashboard page of a run."""
+        return f"{self.base}/runs/{run_id}"
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> Any:
+        url = f"{self.base}/api/v1{path}"
+        request = urllib.request.Request(url, data=body, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Accept", "application/json")
+        if content_type:
+            request.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise ServiceError(_error_text(exc, url), exc.code) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ServiceError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+
+    def submit(self, path: Path, options: dict[str, Any], metadata: dict[str, Any]) -> str:
+        """Submit a model file or spec; returns the new run's id."""
+        body, content_type = _multipart({"options": json.dumps(options), "metadata": json.dumps(metadata)},
+                                        "model", path)
+        return str(self.request("POST", "/runs", body, content_type)["id"])
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/runs/{urllib.parse.quote(run_id)}"))
+
+    def latest_finished(self, model: str, branch: str) -> dict[str, Any] | None:
+        """The newest passed or failed run of ``model`` on ``branch``, with its report; None when there is none."""
+        query = urllib.parse.urlencode({"model": model, "branch": branch, "status": "passed,failed", "limit": 1})
+        runs = self.request("GET", f"/runs?{query}")["runs"]
+        return self.run(runs[0]["id"]) if runs else None
+
+
+def _error_text(exc: urllib.error.HTTPError, url: str) -> str:
+    try:
+        error = json.loads(exc.read())["error"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"{exc.code} from {url}"
+    lines = [f"{exc.code} {error.get('message', '')}".strip()]
+    lines += [f"{p.get('path')}: {p.get('message')}" for p in error.get("problems") or []]
+    return "; ".join(lines)

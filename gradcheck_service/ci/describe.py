@@ -1,0 +1,88 @@
+"""Plain-text descriptions of a report's failures, shared by the JUnit file, the summary and ``testing``.
+
+Every line names the parameter or module and carries the numbers a user needs to judge it: the largest absolute
+and relative differences between backprop and finite differences, and the worst coordinate with both values.
+"""
+
+from __future__ import annotations
+
+from ..report import ModuleCheck, Report, TensorCheck
+
+
+def failing_tensors(report: Report) -> list[TensorCheck]:
+    """Failing parameters and inputs (first and second order), worst relative error first."""
+    gc = report.gradient_check
+    failing = [t for t in gc.parameters + gc.inputs + gc.second_order if not t.passed]
+    return sorted(failing, key=lambda t: t.max_rel_error, reverse=True)
+
+
+def blamed_modules(report: Report) -> list[ModuleCheck]:
+    """The module checks behind ``localization.faulty_modules`` (the smallest modules whose own backward is wrong)."""
+    faulty = set(report.localization.faulty_modules)
+    return [m for m in report.localization.modules if m.blamed or (m.module in faulty and not m.passed)]
+
+
+def tensor_line(t: TensorCheck) -> str:
+    """'parameter blocks.1.linear.weight: max abs error 5.3e-02, max rel error 1.3; worst [2, 4]: ...'."""
+    probes = f", {t.probes} probes" if t.probes else ""
+    line = (f"{t.kind} {t.name}: max abs error {t.max_abs_error:.3g}, max rel error {t.max_rel_error:.3g}"
+            f" ({t.failed_coordinates} of {t.coordinates_checked} coordinates failed{probes})")
+    if t.worst is not None:
+        where = f"[{', '.join(str(i) for i in t.worst.index)}]" if t.worst.index else "probe direction"
+        line += (f"; worst {where}: backprop {t.worst.analytic:.6g} vs finite differences {t.worst.numeric:.6g} "
+                 f"(allowed difference {t.worst.tolerance:.2g})")
+    if t.unused:
+        line += "; autograd gave no gradient (detached or unused) but the loss depends on it"
+    return line
+
+
+def module_line(m: ModuleCheck) -> str:
+    """'module blocks.1.activation (Swish): own backward wrong, max abs error 8.9e-02, max rel error 0.38 ...'."""
+    call = f", call {m.call}" if m.call else ""
+    line = (f"module {m.module or '(root)'} ({m.type}{call}): its own backward is wrong, max abs error "
+            f"{m.max_abs_error:.3g}, max rel error {m.max_rel_error:.3g}")
+    return line + (f"; {m.detail}" if m.detail else "")
+
+
+def gradient_failure(report: Report) -> str:
+    """Multi-line message of a failed gradient check: faulty modules first, then each failing tensor."""
+    tensors = failing_tensors(report)
+    modules = blamed_modules(report)
+    head = (f"gradient check failed for {len(tensors)} of "
+            f"{len(report.gradient_check.parameters) + len(report.gradient_check.inputs)} tensors")
+    if report.localization.faulty_modules:
+        head += f"; faulty module: {', '.join(report.localization.faulty_modules)}"
+    lines = [head]
+    lines += [f"  {module_line(m)}" for m in modules]
+    lines += [f"  {tensor_line(t)}" for t in tensors]
+    if report.localization.note:
+        lines.append(f"  localization: {report.localization.note}")
+    return "\n".join(lines)
+
+
+def other_reasons(report: Report) -> list[str]:
+    """``failed_because`` entries that are not the gradient check itself (diagnosis findings in fail_on)."""
+    return [r for r in report.failed_because if not r.startswith(("gradient check failed", "second-order"))]
+
+
+def failure_message(report: Report) -> str:
+    """Everything that made ``report`` fail, as one message (empty when it passed)."""
+    parts = []
+    if failing_tensors(report):
+        parts.append(gradient_failure(report))
+    for reason in other_reasons(report):
+        parts.append(reason)
+        for finding in _findings(report):
+            if reason.startswith(f"diagnosis: {finding[0]}"):
+                parts.append(f"  {finding[1]}")
+    return "\n".join(parts)
+
+
+def _findings(report: Report) -> list[tuple[str, str]]:
+    found = list(report.diagnosis.findings) if report.diagnosis else []
+    found += list(report.memory.findings) if report.memory else []
+    return [(f.kind, f"[{f.kind}] {f.where or '(model)'}: {f.explanation} {f.suggestion}") for f in found]
+
+
+def findings_lines(report: Report) -> list[str]:
+    return [text for _, text in _findings(report)]

@@ -1,0 +1,51 @@
+"""pytest plugin (entry point ``pytest11``): a ``gradcheck`` fixture and the ``--gradcheck-mode`` option.
+
+    def test_backward(gradcheck):
+        gradcheck(MyNet(), torch.randn(4, 8))          # assert_gradients_ok with the session's mode
+
+``pytest --gradcheck-mode full`` checks every coordinate (slower, e.g. nightly); ``fast`` probes only. Without the
+option the engine's ``default`` mode is used, or the ``gradcheck_mode`` ini setting. Loading the plugin imports
+nothing heavy: torch and the engine are imported on the fixture's first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+MODES = ("full", "default", "fast")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gradcheck", "gradient checks (gradcheck-service)")
+    group.addoption("--gradcheck-mode", choices=MODES, default=None,
+                    help="Coverage of the gradcheck fixture: full, default or fast.")
+    parser.addini("gradcheck_mode", "Default coverage of the gradcheck fixture (full, default, fast).",
+                  default="default")
+
+
+def _mode(config: pytest.Config) -> str:
+    mode = config.getoption("--gradcheck-mode") or config.getini("gradcheck_mode") or "default"
+    if mode not in MODES:
+        raise pytest.UsageError(f"gradcheck_mode = {mode!r}: use one of {', '.join(MODES)}")
+    return str(mode)
+
+
+@pytest.fixture
+def gradcheck(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """``gradcheck(model, inputs, loss_fn=None, **options)``: assert the model's gradients are right.
+
+    Options default to the session's ``--gradcheck-mode``; an explicit ``mode=`` wins. Returns the report.
+    """
+    mode = _mode(request.config)
+
+    def run(model: Any, inputs: Any, loss_fn: Any = None, **options: Any) -> Any:
+        from .testing import assert_gradients_ok
+
+        __tracebackhide__ = True  # the failure points at the test's call, not inside this helper
+        options.setdefault("mode", mode)
+        return assert_gradients_ok(model, inputs, loss_fn, **options)
+
+    return run
