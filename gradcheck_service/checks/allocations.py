@@ -19,7 +19,7 @@ from __future__ import annotations
 import gc
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +42,7 @@ def storage_key(tensor: torch.Tensor) -> tuple[str, int]:
     return str(tensor.device), tensor.untyped_storage().data_ptr()
 
 
-def distinct_storage_bytes(tensors: Iterator[torch.Tensor] | list[torch.Tensor]) -> int:
+def distinct_storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Total bytes of the distinct storages behind ``tensors``."""
     seen: dict[tuple[str, int], int] = {}
     for t in tensors:
@@ -276,7 +276,7 @@ def checkpointed_blocks(blocks: dict[str, nn.Module]) -> Iterator[None]:
             def wrapper(*args: Any, _fn: Any = bound, **kwargs: Any) -> Any:
                 return checkpoint(_fn, *args, use_reentrant=False, **kwargs)
 
-            module.forward = wrapper  # type: ignore[method-assign]
+            module.forward = wrapper
             patched.append((module, original))
         yield
     finally:
@@ -284,4 +284,4 @@ def checkpointed_blocks(blocks: dict[str, nn.Module]) -> Iterator[None]:
             if original is None:
                 del module.forward
             else:
-                module.forward = original  # type: ignore[method-assign]
+                module.forward = original

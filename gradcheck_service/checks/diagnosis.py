@@ -111,8 +111,8 @@ def _nonfinite(norms: GradientNorms) -> list[Finding]:
     findings: list[Finding] = []
     if norms.loss is None:
         findings.append(Finding(
-            kind="nonfinite", where="", measured=float("nan"), threshold=0.0,
-            explanation="The loss itself is NaN or Inf.",
+            kind="nonfinite", where="", measured=1.0, threshold=0.0,
+            explanation="The loss itself is NaN or Inf (measured: 1 non-finite loss).",
             suggestion="Check the inputs and the loss (log of 0, division by 0, overflow); see the first layer "
                        "whose output is non-finite, if any.",
         ))

@@ -36,6 +36,8 @@ class PrecisionParameter(BaseModel):
     rel_error: float = Field(description="||g_autocast - g_float64|| / ||g_float64|| (absolute if the latter is 0).")
     own_dtype_rel_error: float = Field(description="The same for the model's own dtype without autocast.")
     underflow_count: int = Field(description="Entries that are 0 under autocast but not in the float64 reference.")
+    nonfinite_count: int = Field(0, description="Entries that are NaN/Inf under autocast but finite in float64 "
+                                 "(overflow, typically fp16 above 65504).")
     within_tolerance: bool
 
 
@@ -72,6 +74,9 @@ def _gradients(model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: Loss
 
 
 def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative L2 difference over the entries where both are finite (non-finite ones are counted separately)."""
+    both = torch.isfinite(a) & torch.isfinite(ref)
+    a, ref = a[both], ref[both]
     scale = float(torch.linalg.vector_norm(ref))
     difference = float(torch.linalg.vector_norm(a - ref))
     return difference / scale if scale > 0 else difference
@@ -108,10 +113,11 @@ def compare_precision(
     for name, g_ref in ref.items():
         g_amp = amp[name]
         underflow = int(((g_amp == 0) & (g_ref != 0)).sum())
+        overflow = int((~torch.isfinite(g_amp) & torch.isfinite(g_ref)).sum())
         rel = _rel(g_amp, g_ref)
         rows.append(PrecisionParameter(name=name, numel=g_ref.numel(), rel_error=rel,
                                        own_dtype_rel_error=_rel(own[name], g_ref), underflow_count=underflow,
-                                       within_tolerance=rel <= tolerance))
+                                       nonfinite_count=overflow, within_tolerance=rel <= tolerance and not overflow))
     total = sum(r.numel for r in rows) or 1
     underflow_count = sum(r.underflow_count for r in rows)
     worst = max(rows, key=lambda r: r.rel_error, default=None)
@@ -119,15 +125,16 @@ def compare_precision(
     verdict: Literal["precision loss only", "autocast-specific error", "differs without autocast", "not measured"]
     if own_bad:
         verdict = "differs without autocast"
-    elif worst is not None and worst.rel_error > tolerance:
+    elif any(not r.within_tolerance for r in rows):
         verdict = "autocast-specific error"
+        worst = max(rows, key=lambda r: (r.nonfinite_count, r.rel_error))
     else:
         verdict = "precision loss only"
     if worst is not None and verdict != "precision loss only":
         findings.append(Finding(
             kind="precision", where=worst.name, measured=worst.rel_error, threshold=tolerance,
             explanation=(f"Under {precision} autocast the gradient of '{worst.name}' differs from float64 by "
-                         f"{worst.rel_error:.3g} (relative), more than {thresholds.precision_error_factor:g} x the unit "
+                         f"{worst.rel_error:.3g} (relative; {worst.nonfinite_count} entries NaN/Inf), more than {thresholds.precision_error_factor:g} x the unit "
                          f"roundoff {u:.3g}. " + ("The model's own dtype already differs from float64, so this is "
                                                   "not a mixed-precision effect." if own_bad else
                                                   "Without autocast it matches, so the low-precision path is at "
@@ -147,6 +154,6 @@ def compare_precision(
         ))
     return PrecisionComparison(
         autocast_dtype=precision, model_dtype=model_dtype, unit_roundoff=u, tolerance=tolerance,
-        max_rel_error=worst.rel_error if worst else 0.0, underflow_count=underflow_count,
+        max_rel_error=max((r.rel_error for r in rows), default=0.0), underflow_count=underflow_count,
         underflow_fraction=fraction, verdict=verdict, parameters=rows,
     )

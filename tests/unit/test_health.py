@@ -134,6 +134,9 @@ def test_nan_weight_is_named_at_the_first_nonfinite_layer(batch: torch.Tensor) -
     forward = [f for f in diagnosis.findings if f.kind == "nonfinite" and f.where == "4"]
     assert forward and "first layer" in forward[0].explanation
     assert any(p.nan_count > 0 for p in norms.parameters)
+    # the report stays valid JSON that reads back (no NaN/Inf numbers in it)
+    assert type(norms).model_validate_json(norms.model_dump_json()) == norms
+    assert type(diagnosis).model_validate_json(diagnosis.model_dump_json()) == diagnosis
 
 
 class AbsSqrt(nn.Module):
