@@ -65,11 +65,12 @@ def compare_runs(session: Session, a: Run, b: Run) -> dict[str, Any]:
     faulty_b = list(report_b.faulty_modules) if report_b else []
     layers_a, layers_b = _layers(session, a.id), _layers(session, b.id)
     layers = []
-    for key in sorted(set(layers_a) | set(layers_b), key=lambda k: (
+    for layer in sorted(set(layers_a) | set(layers_b), key=lambda k: (
             (layers_a.get(k) or layers_b[k]).depth or 0, k)):
-        la, lb = layers_a.get(key), layers_b.get(key)
+        la, lb = layers_a.get(layer), layers_b.get(layer)
         norm_a, norm_b = (la.norm if la else None), (lb.norm if lb else None)
-        layers.append({"name": key[0], "call": key[1], "a": norm_a, "b": norm_b, "ratio": _ratio(norm_a, norm_b)})
+        layers.append({"name": layer[0], "call": layer[1], "a": norm_a, "b": norm_b,
+                       "ratio": _ratio(norm_a, norm_b)})
     total_a = report_a.total_gradient_norm if report_a else None
     total_b = report_b.total_gradient_norm if report_b else None
     wall_a = (a.finished_at - a.started_at).total_seconds() if a.finished_at and a.started_at else None

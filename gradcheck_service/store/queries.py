@@ -54,7 +54,7 @@ def get_run(session: Session, project_id: int, run_id: str, *, with_report: bool
     return session.scalar(query)
 
 
-def _filtered(project_id: int, filters: RunFilters) -> Select[tuple[Run]]:
+def _filtered(project_id: int, filters: RunFilters) -> Select[Run]:
     query = select(Run).where(Run.project_id == project_id)
     if filters.model is not None:
         query = query.where(Run.model_name == filters.model)
@@ -153,7 +153,7 @@ def model_history(session: Session, project_id: int, name: str, *, limit: int = 
     return [_history_item(run, report) for run, report in rows]
 
 
-def _history_query(project_id: int) -> Select[tuple[Run, RunReport]]:
+def _history_query(project_id: int) -> Select[Run, RunReport]:
     return (
         select(Run, RunReport)
         .outerjoin(RunReport, RunReport.run_id == Run.id)
