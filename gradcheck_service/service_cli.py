@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import click
@@ -167,7 +168,23 @@ def _embedded_worker() -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, start_new_session=True)
 
 
+def _stop_server_if_worker_dies(proc: subprocess.Popen[bytes]) -> None:
+    """Without its only worker the embedded service would accept runs it never checks: stop serving instead."""
+
+    def watch() -> None:
+        code = proc.wait()
+        if not stopping.is_set():
+            click.echo(f"error: the embedded worker exited (code {code}); stopping the server", err=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="embedded-worker-watch", daemon=True).start()
+
+
+stopping = threading.Event()
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    stopping.set()
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)  # warm shutdown: the current check is re-queued (acks_late)
         try:
@@ -197,6 +214,8 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
     if embedded is None:
         embedded = service_config.is_embedded(settings)
     worker_proc = _embedded_worker() if embedded else None
+    if worker_proc is not None:
+        _stop_server_if_worker_dies(worker_proc)
     mode = "embedded worker on " + settings["DATA_DIR"] if embedded else "API only"
     click.echo(f"gradcheck-service on http://{host}:{port} ({mode})", err=True)
     try:
