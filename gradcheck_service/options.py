@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["full", "default", "fast"]
-FailOn = Literal["vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint_mismatch", "precision"]
+FailOn = Literal["vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint_mismatch", "precision", "underflow"]
 
 
 class HealthThresholds(BaseModel):
