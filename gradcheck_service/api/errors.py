@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 # Machine-readable codes for the HTTP errors the API can answer.
@@ -60,6 +61,11 @@ def _http_error(exc: HTTPException) -> Response:
     return error_response(status, _CODES.get(status, "http_error"), message, headers)
 
 
+def _database_down(exc: OperationalError) -> Response:
+    current_app.logger.warning("database unavailable: %s", exc)
+    return error_response(503, "unavailable", "the database is unavailable; retry shortly", {"Retry-After": "5"})
+
+
 def _crash(exc: Exception) -> Response:
     current_app.logger.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal server error; the details are in the server log")
@@ -68,4 +74,5 @@ def _crash(exc: Exception) -> Response:
 def register(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(OperationalError, _database_down)
     app.register_error_handler(Exception, _crash)

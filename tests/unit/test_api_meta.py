@@ -99,3 +99,15 @@ def test_submission_while_the_broker_is_down_is_503_and_the_run_is_not_left_queu
     with app.app_context():
         run = store.session().query(Run).one()
         assert run.status == "error" and run.error_code == "broker_unavailable"
+
+
+def test_database_down_is_503_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.service_support import free_port
+
+    app = create_app({"DATA_DIR": str(tmp_path), "BROKER_URL": f"sqla+sqlite:///{tmp_path / 'b.sqlite3'}",
+                      "DATABASE_URL": f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"})
+    response = app.test_client().get("/api/v1/runs", headers={"Authorization": "Bearer gcs_x"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert response.get_json()["error"]["code"] == "unavailable"
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["checks"]["database"]["ok"] is False
