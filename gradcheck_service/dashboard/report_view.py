@@ -1,0 +1,90 @@
+"""Report sections reshaped for the run page: the check table (failures first), findings, the definition."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..store.models import Run
+
+_KIND_ORDER = {"parameter": 0, "input": 1, "second_order": 2}
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One line of the gradient-check table."""
+
+    kind: str
+    name: str
+    shape: list[int]
+    passed: bool
+    max_abs_error: float | None
+    max_rel_error: float | None
+    coordinates_checked: int
+    numel: int
+    coverage: str
+    failed_coordinates: int
+    worst_index: list[int] | None
+    worst_analytic: float | None
+    worst_numeric: float | None
+    worst_tolerance: float | None
+    unused: bool
+    note: str | None
+
+
+def check_rows(report: Mapping[str, Any]) -> list[CheckRow]:
+    """Parameters, inputs and second-order terms; failures first (largest relative error first), then the rest
+    in the report's order."""
+    check = report.get("gradient_check") or {}
+    rows: list[CheckRow] = []
+    for key, kind in (("parameters", "parameter"), ("inputs", "input"), ("second_order", "second_order")):
+        for item in check.get(key) or []:
+            worst = item.get("worst") or {}
+            rows.append(CheckRow(
+                kind=kind, name=str(item.get("name", "")), shape=list(item.get("shape") or []),
+                passed=bool(item.get("passed")), max_abs_error=item.get("max_abs_error"),
+                max_rel_error=item.get("max_rel_error"),
+                coordinates_checked=int(item.get("coordinates_checked") or 0), numel=int(item.get("numel") or 0),
+                coverage=str(item.get("coverage") or ""), failed_coordinates=int(item.get("failed_coordinates") or 0),
+                worst_index=worst.get("index") if worst else None, worst_analytic=worst.get("analytic"),
+                worst_numeric=worst.get("numeric"), worst_tolerance=worst.get("tolerance"),
+                unused=bool(item.get("unused")), note=item.get("note"),
+            ))
+    order = {id(row): i for i, row in enumerate(rows)}
+    return sorted(rows, key=lambda r: (r.passed, -(r.max_rel_error or 0.0) if not r.passed else order[id(r)]))
+
+
+@dataclass(frozen=True)
+class FindingView:
+    source: str  # "gradient flow" or "memory"
+    kind: str
+    where: str
+    explanation: str
+    suggestion: str
+    measured: float | None
+    threshold: float | None
+
+
+def findings(report: Mapping[str, Any]) -> list[FindingView]:
+    """Diagnosis findings (gradient flow) then memory-profile findings, each with its suggestion."""
+    out: list[FindingView] = []
+    for source, section in (("gradient flow", report.get("diagnosis")), ("memory", report.get("memory"))):
+        for item in (section or {}).get("findings") or []:
+            out.append(FindingView(
+                source=source, kind=str(item.get("kind", "")), where=str(item.get("where") or "(whole model)"),
+                explanation=str(item.get("explanation", "")), suggestion=str(item.get("suggestion", "")),
+                measured=item.get("measured"), threshold=item.get("threshold"),
+            ))
+    return out
+
+
+def definition_text(run: Run) -> tuple[str, str]:
+    """(language, text) of the submitted definition: a JSON spec pretty-printed, Python source as submitted."""
+    if run.definition_kind == "spec":
+        try:
+            return "json", json.dumps(json.loads(run.definition), indent=2)
+        except ValueError:
+            return "json", run.definition
+    return "python", run.definition
