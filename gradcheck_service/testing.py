@@ -43,6 +43,7 @@ def assert_gradients_ok(model: nn.Module, inputs: torch.Tensor | Sequence[torch.
     """
     from .ci.describe import failure_message
 
+    __tracebackhide__ = True  # pytest: the failure points at the test's call, not inside this helper
     report = check_gradients(model, inputs, loss_fn, **options)
     if not report.passed:
         gc = report.gradient_check
