@@ -70,7 +70,7 @@ def _measure_at(
         minus2.append(values[3 * k :])
     return combine(
         torch.cat(plus1), torch.cat(minus1), torch.cat(plus2), torch.cat(minus2),
-        step, evaluator.loss_scale, dtype,
+        evaluator.base_loss, step, evaluator.loss_scale, dtype,
     )
 
 

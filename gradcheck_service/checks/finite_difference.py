@@ -66,6 +66,7 @@ def combine(
     f_minus1: torch.Tensor,
     f_plus2: torch.Tensor,
     f_minus2: torch.Tensor,
+    f_zero: float,
     step: float,
     loss_scale: float,
     dtype: torch.dtype,
@@ -80,6 +81,12 @@ def combine(
     error = spread / 3 + roundoff
     # Smooth functions give |D1 - D2| ~ h^2 |f'''| ~ eps^(2/3) relative; a kink gives O(1) relative.
     suspicious = spread > (eps**0.5 * 100) * (d1.abs() + d2.abs()) + 8 * roundoff
+    # The one-sided asymmetry (f(+h) - 2 f(0) + f(-h)) / 2h is h f''/2 for a smooth function, so twice the
+    # asymmetry at h equals the asymmetry at 2h up to O(h^3). A kink with slope jump c inside the steps breaks
+    # that (exactly at a kink both asymmetries are c/2) even where D1 == D2, which central differences miss.
+    asym1 = (f_plus1 - 2 * f_zero + f_minus1) / (2 * step)
+    asym2 = (f_plus2 - 2 * f_zero + f_minus2) / (4 * step)
+    suspicious |= (2 * asym1 - asym2).abs() > (eps**0.5 * 100) * (d1.abs() + d2.abs()) + 16 * roundoff
     return Differences(numeric=numeric, error=error, kink=torch.zeros_like(suspicious)), suspicious
 
 

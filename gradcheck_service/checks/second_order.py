@@ -29,6 +29,7 @@ class GradientDotEvaluator:
         self.w = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in self.params.items()}
         self.evaluations = 0
         value, grads = self._s({}, create_graph=False)
+        self.base_loss = float(value)
         self.loss_scale = float(sum((g.abs() * self.w[n].abs()).sum() for n, g in grads.items())) + abs(float(value))
 
     def _s(self, overrides: dict[str, torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, dict]:

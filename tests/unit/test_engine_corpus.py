@@ -112,3 +112,18 @@ def test_second_order_check_passes_on_smooth_model() -> None:
     model, inputs, _ = CORRECT["correct_custom_function"]()
     report = check(model, inputs, order=2, **FAST)
     assert report.passed and report.gradient_check.second_order
+
+
+def test_exact_relu_kink_is_detected_not_reported_as_a_bug() -> None:
+    # A pre-activation exactly at 0: the central differences there average the two one-sided slopes (torch's
+    # gradcheck reports a mismatch); the check must recognise the kink and leave it out of the verdict.
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 0.2], [-0.3, 0.8]]))
+        model[0].bias.zero_()
+    x = torch.tensor([[1.0, 1.0], [0.3, -0.7]], dtype=torch.float64)
+    assert not torch.autograd.gradcheck(lambda t: model(t), (x.clone().requires_grad_(),), raise_exception=False)
+    report = check(model, x, mode="full", **FAST)
+    assert report.passed
+    kinks = {t.name: t.kinks for t in report.gradient_check.parameters + report.gradient_check.inputs}
+    assert kinks["0.weight"] > 0 and kinks["input[0]"] > 0 and kinks["2.weight"] == 0
