@@ -19,7 +19,7 @@ from .baseline import Baseline, BaselineError, compare
 from .client import ServiceClient, ServiceError
 from .config import CiConfig, ModelEntry
 from .gitmeta import GitMeta
-from .results import ModelResult
+from .results import ModelResult, Status
 
 Echo = Callable[[str], None]
 _DONE = ("passed", "failed", "error")
@@ -36,7 +36,7 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _status(report: Report) -> str:
+def _status(report: Report) -> Status:
     return "passed" if report.passed else "failed"
 
 
@@ -62,7 +62,7 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
         except Exception as exc:  # the repository's own code raised: that model errors, the others still run
             result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         else:
-            result.report, result.status = report, _status(report)  # type: ignore[assignment]
+            result.report, result.status = report, _status(report)
         result.duration_s = time.perf_counter() - started
         echo(_progress_line(result))
         results.append(result)
@@ -161,7 +161,7 @@ def _fill(result: ModelResult, run: dict[str, Any]) -> None:
     if report is None:
         result.error = f"run {run['id']} finished as {run['status']} but its report could not be read"
         return
-    result.report, result.status = report, _status(report)  # type: ignore[assignment]
+    result.report, result.status = report, _status(report)
 
 
 def apply_baselines(results: list[ModelResult], baselines: dict[str, Baseline], config: CiConfig) -> None:
