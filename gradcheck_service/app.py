@@ -33,8 +33,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from .api import bp as api_bp
     from .api import errors
     from .api.health import bp as health_bp
+    from .api.limits import init_limits
 
     errors.register(app)
+    init_limits(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
     dashboard = _optional_blueprint(f"{__package__}.dashboard")

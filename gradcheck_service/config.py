@@ -33,8 +33,19 @@ DEFAULTS: dict[str, Any] = {
     "STALE_AFTER_S": 120.0,  # a running run whose heartbeat is older than this lost its worker
     "REAPER_INTERVAL_S": 60.0,  # period of the stale-run reaper (Celery beat), seconds
     "RUNNER_MODE": "fork",  # fork: a preloaded runner forks one child per check; spawn: a fresh interpreter
+    # The sandbox of Python model files (a fresh bubblewrap child each; JSON specs need none, see jobs/sandbox.py).
+    "SANDBOX_ADDRESS_SPACE_BYTES": 8 * 1024**3,  # virtual memory of one model-file check, bytes
+    "SANDBOX_CPU_S": 3600,  # CPU seconds of one model-file check (all its threads), then SIGXCPU
+    "SANDBOX_PROCESSES": 256,  # processes and threads of the check's user id
+    "SANDBOX_FILE_SIZE_BYTES": 256 * 1024**2,  # largest file the check may write (its stdout/stderr too), bytes
+    "SANDBOX_OPEN_FILES": 512,  # open file descriptors
+    "ALLOW_UNSANDBOXED_PYTHON": False,  # run model files even where the network cannot be isolated (not advised)
     "PAGE_SIZE": 50,  # default page size of run listings
     "MAX_PAGE_SIZE": 500,
+    "DB_RETRY_S": 300.0,  # a worker retries a database write (e.g. a finished report) this long, seconds
+    "RATE_LIMIT": None,  # requests per API token, e.g. "120/minute" or "10/second;600/hour" (None: no limit)
+    "RATE_LIMIT_STORAGE_URL": None,  # counters shared by every API process; default: the broker's Redis
+    "MAX_QUEUED_PER_PROJECT": None,  # queued + running runs one project may have; more submissions -> 429
     "SECRET_KEY": None,  # Flask session key (dashboard); default: a random key kept in <DATA_DIR>/secret_key
 }
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 # Machine-readable codes for the HTTP errors the API can answer.
@@ -52,6 +52,8 @@ def _api_error(exc: ApiError) -> Response:
 
 
 def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc.response, Response) and exc.response.is_json:  # already a JSON error (the rate limiter's)
+        return exc.response
     status = exc.code or 500
     message = exc.description or exc.name
     if status == 413:
@@ -61,7 +63,7 @@ def _http_error(exc: HTTPException) -> Response:
     return error_response(status, _CODES.get(status, "http_error"), message, headers)
 
 
-def _database_down(exc: OperationalError) -> Response:
+def _database_down(exc: OperationalError | InterfaceError) -> Response:
     current_app.logger.warning("database unavailable: %s", exc)
     return error_response(503, "unavailable", "the database is unavailable; retry shortly", {"Retry-After": "5"})
 
@@ -75,4 +77,5 @@ def register(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _database_down)
+    app.register_error_handler(InterfaceError, _database_down)
     app.register_error_handler(Exception, _crash)

@@ -125,5 +125,6 @@ _DESCRIPTIONS = {
     200: "OK", 202: "Accepted: the run is queued", 204: "Deleted", 401: "Missing, unknown or revoked token",
     404: "No such run in the token's project", 413: "Request body over the size limit",
     415: "Neither JSON nor multipart", 422: "Invalid request; each problem with its path",
+    429: "Rate limit or the project's queue quota reached; see Retry-After",
     503: "Database or broker unavailable",
 }

@@ -19,6 +19,7 @@ from ..store.lifecycle import fail_run
 from ..store.models import Run, RunLabel, RunReport
 from . import bp
 from .errors import ApiError, validation_error
+from .limits import check_queue_quota
 from .openapi import documented
 from .schemas import (
     Comparison,
@@ -61,7 +62,7 @@ def _timeout(requested: float | None) -> float:
 
 @bp.post("/runs")
 @documented("Submit a model for checking", body=RunSubmission, multipart=True,
-            responses={202: RunCreated, 413: ErrorOut, 415: ErrorOut, 422: ErrorOut, 503: ErrorOut})
+            responses={202: RunCreated, 413: ErrorOut, 415: ErrorOut, 422: ErrorOut, 429: ErrorOut, 503: ErrorOut})
 def submit_run() -> ResponseReturnValue:
     """A JSON spec (JSON body) or a model file (multipart field ``model``) plus options and metadata. The run is
     committed first, then enqueued on the ``cpu`` or ``gpu`` queue by its device."""
@@ -70,6 +71,7 @@ def submit_run() -> ResponseReturnValue:
     timeout_s = _timeout(submission.metadata.timeout_s)
     device = submission.options.device
     session = store.session()
+    check_queue_quota(session, g.project_id, current_app.config.get("MAX_QUEUED_PER_PROJECT"))
     run = Run(
         project_id=g.project_id, status="queued", model_name=submission.name, model_hash=submission.model_hash,
         definition_kind=submission.kind, definition=submission.source,

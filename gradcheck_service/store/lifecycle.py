@@ -6,11 +6,16 @@ got to write anything else; past ``max_attempts`` it ends as ``error`` instead o
 
 Each start also writes a fresh ``claim`` token. Heartbeats and the final write only succeed for the current claim,
 so when a run is delivered twice (a reaped run whose old message comes back), only one report is ever stored.
+
+A worker rides out a database outage (``retry.py``): claims, final writes and error endings are retried with
+backoff, and a heartbeat that cannot be written is skipped, so a finished check keeps its report until it is stored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +26,9 @@ from sqlalchemy.orm import Session
 
 from .ingest import report_rows
 from .models import Run, utcnow
+from .retry import UNAVAILABLE, retrying
+
+log = logging.getLogger(__name__)
 
 ClaimOutcome = Literal["run", "gone", "exhausted"]
 
@@ -35,6 +43,10 @@ class Claim:
 
 def claim_run(session: Session, run_id: str, worker_host: str) -> Claim:
     """Start an attempt at ``run_id``: count it, take ownership, commit. ``gone``: deleted or already finished."""
+    return retrying(session, f"the claim of run {run_id}", lambda: _claim(session, run_id, worker_host))
+
+
+def _claim(session: Session, run_id: str, worker_host: str) -> Claim:
     token = uuid.uuid4().hex
     now = utcnow()
     result = session.execute(
@@ -65,7 +77,20 @@ def claim_run(session: Session, run_id: str, worker_host: str) -> Claim:
 
 
 def heartbeat(session: Session, run_id: str, claim: str, stage: str | None, fraction: float | None) -> bool:
-    """Refresh liveness and progress; False when this delivery no longer owns the run (stop working on it)."""
+    """Refresh liveness and progress; False when this delivery no longer owns the run (stop working on it).
+
+    With the database unreachable the beat is skipped (True: keep working); the final write retries instead.
+    """
+    try:
+        return _heartbeat(session, run_id, claim, stage, fraction)
+    except UNAVAILABLE as exc:
+        with contextlib.suppress(Exception):
+            session.rollback()
+        log.warning("heartbeat of run %s skipped, database unavailable: %s", run_id, exc)
+        return True
+
+
+def _heartbeat(session: Session, run_id: str, claim: str, stage: str | None, fraction: float | None) -> bool:
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if stage is not None:
         values["progress_stage"] = stage[:64]
@@ -79,7 +104,13 @@ def heartbeat(session: Session, run_id: str, claim: str, stage: str | None, frac
 
 
 def finish_run(session: Session, run_id: str, claim: str, report: dict[str, Any]) -> bool:
-    """Store the report and the verdict in one transaction; False when the run was taken over or deleted."""
+    """Store the report and the verdict in one transaction; False when the run was taken over or deleted.
+
+    Retried through a database outage (the report stays in this process until it is written)."""
+    return retrying(session, f"the report of run {run_id}", lambda: _finish(session, run_id, claim, report))
+
+
+def _finish(session: Session, run_id: str, claim: str, report: dict[str, Any]) -> bool:
     passed = bool(report.get("passed"))
     timings = report.get("timings") or {}
     result = session.execute(
@@ -102,6 +133,11 @@ def finish_run(session: Session, run_id: str, claim: str, report: dict[str, Any]
 
 def fail_run(session: Session, run_id: str, claim: str | None, code: str, message: str) -> bool:
     """End the run as ``error`` with a reason; with ``claim=None`` any non-terminal run is ended."""
+    return retrying(session, f"the error ending of run {run_id}",
+                    lambda: _fail(session, run_id, claim, code, message))
+
+
+def _fail(session: Session, run_id: str, claim: str | None, code: str, message: str) -> bool:
     query = update(Run).where(Run.id == run_id, Run.status.in_(("queued", "running")))
     if claim is not None:
         query = query.where(Run.claim == claim)
