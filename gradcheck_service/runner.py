@@ -54,7 +54,7 @@ def contain(job_dir: Path) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, allow_nan=False))
     os.replace(tmp, path)
 
@@ -79,6 +79,22 @@ def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message[:4000], **extra}}
 
 
+def _contained(exc: BaseException, job_dir: Path, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The error result when ``exc`` is a sandbox limit or block at work (only for sandboxed jobs), else None."""
+    sandbox = job.get("sandbox")
+    if not isinstance(sandbox, dict):
+        return None
+    from .jobs.containment import classify_exception
+
+    found = classify_exception(exc, job_dir, dict(sandbox.get("limits") or {}))
+    return _error(*found) if found else None
+
+
+def _read_job(job_dir: Path) -> dict[str, Any]:
+    job = json.loads((job_dir / JOB).read_text())
+    return job if isinstance(job, dict) else {}
+
+
 def execute(job_dir: Path) -> dict[str, Any]:
     """Load the definition and run the check; every failure becomes an ``error`` result naming its cause."""
     from pydantic import ValidationError
@@ -87,7 +103,7 @@ def execute(job_dir: Path) -> dict[str, Any]:
     from .definitions import DefinitionError, load_definition
     from .options import CheckOptions
 
-    job = json.loads((job_dir / JOB).read_text())
+    job = _read_job(job_dir)
     progress = _Progress(job_dir / PROGRESS)
     progress("loading", 0.0)
     try:
@@ -97,12 +113,18 @@ def execute(job_dir: Path) -> dict[str, Any]:
     try:
         definition = load_definition(str(job_dir / job["definition"]))
     except DefinitionError as exc:
+        contained = _contained(exc, job_dir, job)
+        if contained:
+            return contained
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
         return _error("invalid_definition", str(exc), problems=problems)
     try:
         report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
                        name=job.get("name") or definition.name, options=options)
     except Exception as exc:  # the model's own code raised: report it as the run's error, not a crash
+        contained = _contained(exc, job_dir, job)
+        if contained:
+            return contained
         frames = traceback.extract_tb(exc.__traceback__)
         where = next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames)
                       if f.filename.startswith(str(job_dir))), None)
@@ -116,10 +138,18 @@ def run_job(job_dir: Path) -> int:
     """Run one job in this process and write its result; the exit code tells the parent whether it did."""
     job_dir = job_dir.resolve()
     contain(job_dir)
+    main_pid = os.getpid()
     try:
         result = execute(job_dir)
-    except Exception as exc:
-        result = _error("runner_failed", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # e.g. a MemoryError while the loader reported the model's own MemoryError
+        if os.getpid() != main_pid:
+            os._exit(EXIT_ERROR)
+        result = _error("memory_limit" if isinstance(exc, MemoryError) else "runner_failed",
+                        f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, MemoryError):
+            result = _contained(exc, job_dir, _read_job(job_dir)) or result
+    if os.getpid() != main_pid:  # a process the model forked came back through here: only the runner reports
+        os._exit(EXIT_ERROR)
     try:
         _write_json(job_dir / RESULT, result)
     except ValueError:  # NaN/Inf slipped into the report: keep it readable rather than lose it

@@ -158,6 +158,40 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, hostname: s
     celery_app.worker_main(argv)
 
 
+# --- sandbox-check ---------------------------------------------------------------------------------------------
+
+
+@click.command("sandbox-check")
+@click.option("--json", "as_json", is_flag=True, help="Print the self-test's answer as JSON.")
+def sandbox_check(as_json: bool) -> None:
+    """Probe the sandbox of Python model files on this machine (what a worker does at start).
+
+    Exit code 0 when model files can run here (isolated, or explicitly allowed without), 1 when a worker here
+    would refuse them.
+    """
+    import json
+    from dataclasses import asdict
+
+    from .jobs import sandbox
+
+    settings = _settings()
+    isolation = sandbox.self_test()
+    allowed = isolation.network_isolated or sandbox.unsandboxed_python_allowed(settings)
+    if as_json:
+        click.echo(json.dumps({**isolation.as_dict(), "python_model_files": "run" if allowed else "refused",
+                               "limits": asdict(sandbox.Limits.from_config(settings))}, indent=2))
+    else:
+        for name, value in isolation.as_dict().items():
+            if isinstance(value, bool):
+                click.echo(f"{name:22} {'yes' if value else 'NO'}")
+        for note in isolation.notes:
+            click.echo(f"note: {note}")
+        click.echo("Python model files: " + ("run in the sandbox" if isolation.network_isolated else
+                                              "run WITHOUT network isolation (allowed by the operator)"
+                                              if allowed else sandbox.refusal(isolation)))
+    sys.exit(0 if allowed else 1)
+
+
 # --- serve -----------------------------------------------------------------------------------------------------
 
 
@@ -232,7 +266,7 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
             _stop(worker_proc)
 
 
-commands: list[click.Command] = [serve, worker, token, submit, db]
+commands: list[click.Command] = [serve, worker, token, submit, db, sandbox_check]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

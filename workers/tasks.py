@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
+from celery.signals import worker_init
 from flask import current_app
 
+from gradcheck_service import config as service_config
 from gradcheck_service.extensions import REAP_TASK, RUN_TASK
-from gradcheck_service.jobs.execute import execute_run, requeue_stale_runs
+from gradcheck_service.jobs.execute import execute_run, log_sandbox_self_test, requeue_stale_runs
+
+
+@worker_init.connect
+def _sandbox_self_test(**_: Any) -> None:
+    """Probe the sandbox once in the main worker process, before the pool forks (the result is cached and
+    inherited), and log which isolation features this machine has."""
+    log_sandbox_self_test(service_config.load())
 
 
 @shared_task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -1,6 +1,9 @@
 """One attempt at a run, as a worker task performs it: claim, run the check child, store the outcome.
 
-Called with a run id only (never an ORM object), inside the worker's Flask app context.
+Called with a run id only (never an ORM object), inside the worker's Flask app context. A Python model file always
+runs in a fresh sandboxed child (:class:`SandboxedLauncher`); where this machine cannot isolate it from the network
+it is refused (``sandbox_unavailable``) unless the operator set ``GRADCHECK_ALLOW_UNSANDBOXED_PYTHON=1``. JSON specs
+run no user code and take the configured fast path (``GRADCHECK_RUNNER_MODE``), under the spec layer's size caps.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +24,34 @@ from .. import config as service_config
 from ..extensions import RUN_TASK, store
 from ..store.lifecycle import claim_run, fail_run, finish_run, heartbeat, reap_stale_runs
 from ..store.models import Run
-from .launcher import ForkServerLauncher, SpawnLauncher, make_launcher
+from . import sandbox
+from .launcher import ForkServerLauncher, SandboxedLauncher, SpawnLauncher, make_launcher
 
 log = logging.getLogger(__name__)
 _launcher: SpawnLauncher | ForkServerLauncher | None = None
+
+
+def log_sandbox_self_test(config: Mapping[str, Any]) -> sandbox.Isolation:
+    """Run the sandbox self-test (once per process; the worker calls it at start) and log what it found."""
+    isolation = sandbox.self_test()
+    features = ", ".join(f"{name}={'yes' if value else 'NO'}" for name, value in isolation.as_dict().items()
+                         if isinstance(value, bool))
+    if isolation.network_isolated:
+        log.info("sandbox for Python model files: %s", features)
+    elif sandbox.unsandboxed_python_allowed(config):
+        log.warning("sandbox for Python model files: %s; model files run anyway "
+                    "(GRADCHECK_ALLOW_UNSANDBOXED_PYTHON is set)", features)
+    else:
+        log.warning("sandbox for Python model files: %s; %s", features, sandbox.refusal(isolation))
+    return isolation
+
+
+def model_file_launcher(config: Mapping[str, Any]) -> SandboxedLauncher | str:
+    """The launcher of a Python model file, or the reason it may not run on this worker."""
+    isolation = sandbox.self_test()
+    if not isolation.network_isolated and not sandbox.unsandboxed_python_allowed(config):
+        return sandbox.refusal(isolation)
+    return SandboxedLauncher(sandbox.Limits.from_config(config), isolation)
 
 
 def launcher(mode: str) -> SpawnLauncher | ForkServerLauncher:
@@ -62,6 +90,11 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
     run = session.get(Run, run_id)
     if run is None:
         return "gone"
+    chosen: SpawnLauncher | ForkServerLauncher | str
+    chosen = model_file_launcher(config) if run.definition_kind == "python" else launcher(str(config["RUNNER_MODE"]))
+    if isinstance(chosen, str):
+        fail_run(session, run_id, claim.claim, "sandbox_unavailable", chosen)
+        return "error"
     job_dir = Path(tempfile.mkdtemp(prefix=f"gradcheck-{run_id[:12]}-"))
     try:
         _write_job(job_dir, run)
@@ -71,7 +104,7 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
         def on_progress(stage: str | None, fraction: float | None) -> bool:
             return heartbeat(session, run_id, claim.claim, stage, fraction)
 
-        outcome = launcher(str(config["RUNNER_MODE"])).run(
+        outcome = chosen.run(
             job_dir, timeout_s, on_progress, heartbeat_s=float(config["HEARTBEAT_INTERVAL_S"]),
             max_bytes=int(config["REPORT_MAX_BYTES"]),
         )

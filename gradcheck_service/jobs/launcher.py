@@ -2,9 +2,10 @@
 
 The child gets a scrubbed environment (no ``GRADCHECK_*`` settings, no database or broker URL, no token), its own
 session (so the whole process group can be killed), a scratch directory, and a wall-time limit; its result is
-read back as JSON of bounded size. Two launchers share that contract: :class:`SpawnLauncher` starts a fresh
+read back as JSON of bounded size. Three launchers share that contract: :class:`SpawnLauncher` starts a fresh
 interpreter per check, :class:`ForkServerLauncher` keeps one preloaded runner per worker process and forks a child
-per check (saves the ~1 s interpreter + torch start-up).
+per check (saves the ~1 s interpreter + torch start-up), and :class:`SandboxedLauncher` -- the only one used for
+Python model files -- starts a fresh interpreter inside the sandbox of :mod:`.sandbox`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .. import runner
+from . import sandbox
+from .containment import classify_exit
 
 # Variables passed through to the child; everything else is dropped.
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -95,7 +98,7 @@ def read_result(job_dir: Path, max_bytes: int, exit_note: str) -> Outcome:
 
 
 def _watch(pid: int, job_dir: Path, timeout_s: float, on_progress: Progress, heartbeat_s: float,
-           wait_end: Callable[[float], bool]) -> str | None:
+           wait_end: Callable[[float], bool], kill: Callable[[int], None] = _kill_group) -> str | None:
     """Wait for the child, sending heartbeats; None when it ended by itself, else "timeout" or "abandoned".
 
     ``wait_end(seconds)`` blocks until the child ends (True) or the time passes (False), so the end of a check is
@@ -106,13 +109,13 @@ def _watch(pid: int, job_dir: Path, timeout_s: float, on_progress: Progress, hea
     while True:
         now = time.monotonic()
         if now >= deadline:
-            _kill_group(pid)
+            kill(pid)
             return "timeout"
         if now >= next_beat:
             next_beat = now + heartbeat_s
             stage, fraction = _read_progress(job_dir)
             if not on_progress(stage, fraction):
-                _kill_group(pid)
+                kill(pid)
                 return "abandoned"
         if wait_end(max(0.0, min(deadline, next_beat) - time.monotonic())):
             return None
@@ -129,28 +132,122 @@ def _waited(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 class SpawnLauncher:
     """A fresh ``python -m gradcheck_service.runner run JOB`` per check."""
 
+    sandboxed = False
+
+    def __init__(self) -> None:
+        self.limits: dict[str, Any] = {}  # the limits named in error messages
+
+    def command(self, job_dir: Path) -> list[str]:
+        return [sys.executable, "-m", "gradcheck_service.runner", "run", str(job_dir)]
+
+    def prepare(self, job_dir: Path) -> dict[str, str]:
+        """Get the job directory ready for the child; returns the child's environment."""
+        return child_env(job_dir)
+
+    def start(self, job_dir: Path, out: IO[bytes], err: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command(job_dir), cwd=job_dir, env=self.prepare(job_dir), stdin=subprocess.DEVNULL, stdout=out,
+            stderr=err, start_new_session=True, close_fds=True,
+        )
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """Kill the check and everything it started (its process group)."""
+        _kill_group(proc.pid)
+
     def run(self, job_dir: Path, timeout_s: float, on_progress: Progress, *, heartbeat_s: float,
             max_bytes: int) -> Outcome:
         with (job_dir / "stdout.txt").open("wb") as out, (job_dir / "stderr.txt").open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gradcheck_service.runner", "run", str(job_dir)],
-                cwd=job_dir, env=child_env(job_dir), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, close_fds=True,
-            )
+            proc = self.start(job_dir, out, err)
         try:
-            status = _watch(proc.pid, job_dir, timeout_s, on_progress, heartbeat_s, lambda t: _waited(proc, t))
+            status = _watch(proc.pid, job_dir, timeout_s, on_progress, heartbeat_s, lambda t: _waited(proc, t),
+                            lambda _pid: self.stop(proc))
         finally:
             if proc.poll() is None:
-                _kill_group(proc.pid)
+                self.stop(proc)
             proc.wait()
         _kill_group(proc.pid)  # anything the check left behind in its group
-        return _finish(status, job_dir, max_bytes, timeout_s, proc.returncode)
+        return _finish(status, job_dir, max_bytes, timeout_s, proc.returncode, self.sandboxed, self.limits)
 
     def close(self) -> None:
         pass
 
 
-def _finish(status: str | None, job_dir: Path, max_bytes: int, timeout_s: float, returncode: int | None) -> Outcome:
+class SandboxedLauncher(SpawnLauncher):
+    """A fresh runner inside bubblewrap, as an unprivileged user, under resource limits (see :mod:`.sandbox`).
+
+    Killing the process group of the outer ``bwrap`` takes everything down: the inner one dies with its parent
+    (``--die-with-parent``), and the end of a PID namespace's first process ends every process in it.
+    """
+
+    sandboxed = True
+
+    def __init__(self, limits: sandbox.Limits, isolation: sandbox.Isolation) -> None:
+        super().__init__()
+        self.sandbox_limits = limits
+        self.isolation = isolation
+        self.limits = asdict(limits)
+        self.first_pid: int | None = None  # the sandbox's PID 1 (bubblewrap's own init), as the host sees it
+
+    def start(self, job_dir: Path, out: IO[bytes], err: IO[bytes]) -> subprocess.Popen[bytes]:
+        if not self.isolation.bubblewrap:
+            self.first_pid = None
+            return super().start(job_dir, out, err)
+        read_end, write_end = os.pipe()
+        argv = self.command(job_dir)
+        argv[1:1] = ["--info-fd", str(write_end)]  # argv[0] is bwrap
+        try:
+            proc = subprocess.Popen(argv, cwd=job_dir, env=self.prepare(job_dir), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True, close_fds=True,
+                                    pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        self.first_pid = _read_first_pid(read_end)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """Kill the sandbox's first process: the kernel then kills every process of its PID namespace, and the
+        outer bubblewrap exits only once they are all gone -- so waiting for it means nothing is left."""
+        if self.first_pid is not None and proc.poll() is None:  # outer bwrap not reaped: the pid is still its child
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.first_pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        _kill_group(proc.pid)
+
+    def command(self, job_dir: Path) -> list[str]:
+        return sandbox.wrap(super().command(job_dir), job_dir, self.sandbox_limits, self.isolation)
+
+    def prepare(self, job_dir: Path) -> dict[str, str]:
+        job_file = job_dir / runner.JOB
+        job = json.loads(job_file.read_text())
+        job["sandbox"] = {"limits": self.limits, "isolation": self.isolation.as_dict()}
+        job_file.write_text(json.dumps(job))
+        sandbox.prepare_scratch(job_dir, self.isolation)
+        # No account owns the sandbox's user id: name one, for libraries that ask (getpass reads these first).
+        return child_env(job_dir) | {"USER": "sandbox", "LOGNAME": "sandbox"}
+
+
+def _read_first_pid(read_end: int, timeout_s: float = 20.0) -> int | None:
+    """bubblewrap's ``--info-fd`` answer: JSON with ``child-pid``, written once the sandbox exists, then closed."""
+    data = b""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(read_end, 4096) if ready else b""
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_end)
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None  # bwrap failed before the sandbox existed; its stderr says why
+
+
+def _finish(status: str | None, job_dir: Path, max_bytes: int, timeout_s: float, returncode: int | None,
+            sandboxed: bool = False, limits: dict[str, Any] | None = None) -> Outcome:
     if status == "timeout":
         return Outcome(error_code="time_limit", error=f"the check exceeded its time limit of {timeout_s:g} s "
                        "and was stopped")
@@ -160,7 +257,12 @@ def _finish(status: str | None, job_dir: Path, max_bytes: int, timeout_s: float,
         note = f"was killed by signal {signal.Signals(-returncode).name}"
     else:
         note = f"exited with code {returncode}"
-    return read_result(job_dir, max_bytes, note)
+    outcome = read_result(job_dir, max_bytes, note)
+    if outcome.error_code == "child_crashed":
+        contained = classify_exit(returncode, sandboxed, outcome.stderr_tail, limits or {})
+        if contained:
+            outcome.error_code, outcome.error = contained
+    return outcome
 
 
 class ForkServerLauncher:
@@ -261,4 +363,5 @@ class ForkServerLauncher:
 
 
 def make_launcher(mode: str) -> SpawnLauncher | ForkServerLauncher:
+    """The launcher of JSON specs (no user code): ``spawn`` or ``fork`` (``GRADCHECK_RUNNER_MODE``)."""
     return SpawnLauncher() if mode == "spawn" else ForkServerLauncher()

@@ -7,9 +7,12 @@ Layers, outermost first::
     bwrap     new network, PID, IPC and UTS namespaces; a fresh /proc; an empty root with only the system
               directories, the Python installation and the package bound read-only, plus the job's scratch
               directory read-write; dies with its parent; its own session
-    setpriv   when started as root: become ``nobody`` with no capabilities, so file permissions and the
-              per-user process limit apply
-    prlimit   address space, CPU seconds, processes, file size, open files
+    setpriv   when started as root: become an unprivileged user with no capabilities, so file permissions and
+              the per-user process limit apply. The user id is one of a reserved range, picked per worker
+              process (:func:`sandbox_uid`), so a fork bomb in one check does not use up the process limit of
+              checks running beside it
+    prlimit   address space, CPU seconds (a soft limit sending SIGXCPU, then SIGKILL 5 s later), processes
+              (threads count), file size, open files
 
 The network namespace has only a loopback interface with nothing listening, so there is no route to the
 database, the broker or the API. The environment is already scrubbed by the launcher; with a PID namespace
@@ -27,10 +30,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-NOBODY = 65534
+NOBODY = 65534  # kept for callers that want the conventional unprivileged user
+UID_BASE = 1_200_000  # reserved range of user ids for check children; no account owns them
+UID_SPAN = 100_000
+CPU_GRACE_S = 5  # seconds between SIGXCPU (soft CPU limit) and SIGKILL (hard)
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 
 
@@ -43,6 +51,17 @@ class Limits:
     processes: int = 256
     file_size_bytes: int = 256 * 2**20
     open_files: int = 512
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Limits:
+        """The limits set by the ``GRADCHECK_SANDBOX_*`` settings (see :data:`gradcheck_service.config.DEFAULTS`)."""
+        return cls(
+            address_space_bytes=int(config["SANDBOX_ADDRESS_SPACE_BYTES"]),
+            cpu_seconds=int(config["SANDBOX_CPU_S"]),
+            processes=int(config["SANDBOX_PROCESSES"]),
+            file_size_bytes=int(config["SANDBOX_FILE_SIZE_BYTES"]),
+            open_files=int(config["SANDBOX_OPEN_FILES"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -71,11 +90,14 @@ def _ancestors(path: str) -> list[str]:
 
 
 def readonly_paths() -> list[str]:
-    """What the child may read: system directories, the Python installation (base and venv) and the package."""
-    package_root = str(Path(__file__).resolve().parents[2])
-    candidates = [*SYSTEM_DIRS, sys.base_prefix, sys.prefix, package_root]
-    for entry in sys.path:  # site-packages outside the prefixes (e.g. a user install)
-        if entry and os.path.isdir(entry) and not entry.startswith(tuple(candidates)):
+    """What the child may read: system directories, the Python installation (base and venv) and the package.
+
+    Only the package directory itself is bound, not the checkout around it (an editable install would otherwise
+    show its ``.git``, configuration files and anything else next to it)."""
+    package_dir = str(Path(__file__).resolve().parents[1])
+    candidates = [*SYSTEM_DIRS, sys.base_prefix, sys.prefix, package_dir]
+    for entry in sys.path:  # site-packages outside the prefixes; never the worker's cwd or its PYTHONPATH
+        if os.path.basename(entry) in ("site-packages", "dist-packages") and os.path.isdir(entry):
             candidates.append(entry)
     seen: list[str] = []
     for path in candidates:
@@ -92,6 +114,15 @@ def symlink_args() -> list[str]:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
     return args
+
+
+def sandbox_uid() -> int:
+    """The unprivileged user id of this worker process's check children (one check at a time per process).
+
+    Distinct per worker process (modulo a rare collision of process ids) because ``RLIMIT_NPROC`` counts every
+    process of a user id on the machine: under one shared id a fork bomb would starve the checks beside it.
+    """
+    return UID_BASE + os.getpid() % UID_SPAN
 
 
 def bwrap_args(scratch: Path, drop_to_nobody: bool) -> list[str]:
@@ -112,68 +143,119 @@ def bwrap_args(scratch: Path, drop_to_nobody: bool) -> list[str]:
 
 
 def prlimit_args(limits: Limits) -> list[str]:
-    return ["prlimit", f"--as={limits.address_space_bytes}", f"--cpu={limits.cpu_seconds}",
-            f"--nproc={limits.processes}", f"--fsize={limits.file_size_bytes}", f"--nofile={limits.open_files}", "--"]
+    return ["prlimit", f"--as={limits.address_space_bytes}",
+            f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + CPU_GRACE_S}", f"--nproc={limits.processes}",
+            f"--fsize={limits.file_size_bytes}", f"--nofile={limits.open_files}", "--"]
 
 
-def wrap(argv: list[str], scratch: Path, limits: Limits, isolation: Isolation) -> list[str]:
-    """The command line that runs ``argv`` inside the sandbox (as much of it as this machine supports)."""
+def drops_privileges(isolation: Isolation) -> bool:
+    """Whether :func:`wrap` switches to the unprivileged user (only inside bwrap: outside it that user could not
+    be kept from the rest of the filesystem, and might not reach the interpreter)."""
+    return isolation.unprivileged_user and isolation.bubblewrap
+
+
+def wrap(argv: list[str], scratch: Path, limits: Limits, isolation: Isolation, uid: int | None = None) -> list[str]:
+    """The command line that runs ``argv`` inside the sandbox (as much of it as this machine supports).
+
+    ``uid`` is the unprivileged user to become (default: :func:`sandbox_uid`); it must match
+    :func:`prepare_scratch`'s.
+    """
     prefix: list[str] = []
-    drop = isolation.unprivileged_user and isolation.bubblewrap  # outside bwrap nobody cannot reach the interpreter
+    drop = drops_privileges(isolation)
     if isolation.bubblewrap:
         prefix += bwrap_args(scratch, drop)
     if drop:
-        prefix += ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+        user = sandbox_uid() if uid is None else uid
+        prefix += ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--inh-caps=-all",
                    "--bounding-set=-all", "--"]
     if isolation.rlimits:
         prefix += prlimit_args(limits)
     return prefix + argv
 
 
-def prepare_scratch(scratch: Path, isolation: Isolation) -> None:
+def prepare_scratch(scratch: Path, isolation: Isolation, uid: int | None = None) -> None:
     """Make the scratch directory the only place the (possibly unprivileged) child can write."""
-    if isolation.unprivileged_user and isolation.bubblewrap:
+    if drops_privileges(isolation):
+        user = sandbox_uid() if uid is None else uid
         for path in [scratch, *scratch.rglob("*")]:
-            os.chown(path, NOBODY, NOBODY)
+            os.chown(path, user, user)
     scratch.chmod(0o700)
+
+
+# Run through the whole chain by :func:`self_test`; prints one ``name=0|1`` word per feature. A namespace is our
+# own when its identity (the inode behind /proc/self/ns/*) differs from the worker's, given as $2 and $3.
+_PROBE = """
+n=0; p=0; r=0; u=0; l=0
+[ "$(readlink /proc/self/ns/net)" != "$2" ] && n=1
+[ "$(readlink /proc/self/ns/pid)" != "$3" ] && p=1
+[ ! -w /usr ] && touch "$1/written" && r=1
+[ "$(id -u)" != 0 ] && u=1
+[ "$(ulimit -n)" = 123 ] && l=1
+echo "network=$n pid=$p readonly=$r user=$u rlimits=$l"
+"""
+
+
+def _probe(isolation: Isolation) -> tuple[dict[str, bool], str]:
+    """Run the probe inside ``wrap`` with the features ``isolation`` claims; the features seen, or the error."""
+    scratch = Path(tempfile.mkdtemp(prefix="gradcheck-selftest-"))
+    try:
+        prepare_scratch(scratch, isolation)
+        host = [os.readlink(f"/proc/self/ns/{kind}") for kind in ("net", "pid")]
+        argv = wrap(["sh", "-c", _PROBE, "probe", str(scratch), *host], scratch, Limits(open_files=123), isolation)
+        proc = subprocess.run(argv, capture_output=True, timeout=30, env={"PATH": os.defpath}, cwd=scratch)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {}, f"{type(exc).__name__}: {exc}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    words = proc.stdout.decode(errors="replace").split()
+    seen = {k: v == "1" for k, _, v in (w.partition("=") for w in words)}
+    return seen, "" if proc.returncode == 0 and seen else proc.stderr.decode(errors="replace").strip()[:300]
 
 
 @functools.cache
 def self_test() -> Isolation:
-    """Try each isolation feature once with a trivial command; cached for the life of the process."""
+    """Run a probe through the whole sandbox chain and report what it could enforce; cached for the life of the
+    process (the worker runs it once at start, before its pool forks)."""
     notes: list[str] = []
     has_bwrap = shutil.which("bwrap") is not None
     has_prlimit = shutil.which("prlimit") is not None
     can_drop = os.geteuid() == 0 and shutil.which("setpriv") is not None
-    namespaces = False
-    if has_bwrap:
-        probe = Path(tempfile.mkdtemp(prefix="gradcheck-selftest-"))
-        try:
-            proc = subprocess.run([*bwrap_args(probe, can_drop), "sh", "-c", "test ! -e /sys/class/net/eth0"],
-                                  capture_output=True, timeout=20, env={"PATH": os.defpath})
-            namespaces = proc.returncode == 0
-            if not namespaces:
-                notes.append(f"bubblewrap failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            notes.append(f"bubblewrap failed: {exc}")
-        finally:
-            shutil.rmtree(probe, ignore_errors=True)
-    else:
+    if not has_bwrap:
         notes.append("bubblewrap (bwrap) is not installed: no network, PID or filesystem isolation")
     if not has_prlimit:
         notes.append("prlimit is not installed: no resource limits beyond the wall-time watchdog")
     if os.geteuid() == 0 and not can_drop:
         notes.append("running as root without setpriv: the check would run as root")
+    claimed = Isolation(bubblewrap=has_bwrap, network_namespace=has_bwrap, pid_namespace=has_bwrap,
+                        readonly_filesystem=has_bwrap, unprivileged_user=can_drop, rlimits=has_prlimit)
+    seen, error = _probe(claimed)
+    if error and has_bwrap:
+        notes.append(f"bubblewrap failed: {error}")
+        claimed = Isolation(bubblewrap=False, network_namespace=False, pid_namespace=False,
+                            readonly_filesystem=False, unprivileged_user=can_drop, rlimits=has_prlimit)
+        seen, error = _probe(claimed)
+    if error:
+        notes.append(f"the sandbox probe failed: {error}")
+    bubblewrap = claimed.bubblewrap and not error
     return Isolation(
-        bubblewrap=has_bwrap and namespaces,
-        network_namespace=namespaces,
-        pid_namespace=namespaces,
-        readonly_filesystem=namespaces,
-        unprivileged_user=can_drop,
-        rlimits=has_prlimit,
+        bubblewrap=bubblewrap,
+        network_namespace=bubblewrap and seen.get("network", False),
+        pid_namespace=bubblewrap and seen.get("pid", False),
+        readonly_filesystem=bubblewrap and seen.get("readonly", False),
+        unprivileged_user=drops_privileges(claimed) and seen.get("user", False),
+        rlimits=has_prlimit and seen.get("rlimits", False),
         notes=notes,
     )
 
 
-def unsandboxed_python_allowed() -> bool:
-    return os.environ.get("GRADCHECK_ALLOW_UNSANDBOXED_PYTHON", "") in {"1", "true", "yes"}
+def unsandboxed_python_allowed(config: Mapping[str, Any]) -> bool:
+    """The operator's explicit opt-in (``GRADCHECK_ALLOW_UNSANDBOXED_PYTHON=1``) to run model files without a
+    network namespace."""
+    return str(config.get("ALLOW_UNSANDBOXED_PYTHON", "")).lower() in {"1", "true", "yes"}
+
+
+def refusal(isolation: Isolation) -> str:
+    """Why a Python model file cannot be run here (the ``sandbox_unavailable`` error's message)."""
+    reasons = "; ".join(isolation.notes) or "the network namespace could not be created"
+    return ("this worker cannot isolate a model file from the network, so Python model files are refused "
+            f"({reasons}); JSON specs still run")
