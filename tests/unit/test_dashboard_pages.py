@@ -253,3 +253,18 @@ def test_list_page_queries_stay_bounded_as_runs_grow(api_app: Flask, client: Fla
     page_reads = [s for s in many if re.search(r"FROM runs\s", s) and "count(" not in s.lower()
                   and "DISTINCT" not in s]
     assert page_reads and all("LIMIT" in s for s in page_reads)
+
+
+def test_mixed_precision_section_shows_the_verdict(api_app: Flask, client: FlaskClient, project: Project) -> None:
+    from tests.dashboard_support import mlp_spec
+
+    response = client.post("/api/v1/runs", headers=project.headers,
+                           json={"spec": json.loads(mlp_spec()), "options": {"precision": "bf16"}})
+    run_id = response.get_json()["id"]
+    report = real_report("spec", mlp_spec(), {"precision": "bf16"})
+    finish_with_report(api_app, run_id, report)
+    sign_in(client, project.token)
+    html = client.get(f"/runs/{run_id}").get_data(as_text=True)
+    section = html[html.index('id="precision"'):]
+    assert report["memory"]["precision"]["verdict"].capitalize() in section
+    assert section.count("<tr") == 1 + len(report["memory"]["precision"]["parameters"])
