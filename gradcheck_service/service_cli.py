@@ -252,6 +252,7 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
         _stop_server_if_worker_dies(worker_proc)
     mode = "embedded worker on " + settings["DATA_DIR"] if embedded else "API only"
     click.echo(f"gradcheck-service on http://{host}:{port} ({mode})", err=True)
+    owner = os.getpid()
     try:
         if dev:
             from .app import create_app
@@ -262,7 +263,9 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
 
             run_gunicorn(f"{host}:{port}", http_workers)
     finally:
-        if worker_proc is not None:
+        # gunicorn forks its HTTP workers inside run_gunicorn and they leave through sys.exit(), unwinding this
+        # frame too: only the process that started the embedded worker may stop it.
+        if worker_proc is not None and os.getpid() == owner:
             _stop(worker_proc)
 
 
