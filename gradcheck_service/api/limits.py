@@ -3,8 +3,8 @@
 * ``GRADCHECK_RATE_LIMIT`` (e.g. ``"120/minute"``, several joined by ``;``): requests to ``/api/v1`` per token (per
   client address for requests without a token), counted by Flask-Limiter in shared storage -- the broker's Redis by
   default, or ``GRADCHECK_RATE_LIMIT_STORAGE_URL`` -- so the limit holds across every gunicorn worker and API
-  machine. Without Redis (the embedded mode) the counters are per process. If the storage is unreachable,
-  requests are let through rather than refused (the limiter must not turn an outage into errors).
+  machine. Without Redis (the embedded mode) the counters are per process. While the storage is unreachable each
+  process counts on its own (Flask-Limiter's in-memory fallback), so an outage never turns into errors.
 * ``GRADCHECK_MAX_QUEUED_PER_PROJECT``: runs one project may have ``queued`` or ``running`` at once; a submission
   over it is refused. Counted in the database under a lock on the project's row, so concurrent submissions
   through different processes cannot overshoot it (on PostgreSQL; SQLite serialises writers anyway).
@@ -64,7 +64,7 @@ def init_limits(app: Flask) -> Limiter | None:
     limiter = Limiter(
         client_key, app=app, application_limits=[str(rate)], application_limits_exempt_when=_exempt,
         storage_uri=uri, storage_options=options, strategy="moving-window", on_breach=_too_many,
-        swallow_errors=True, key_prefix=f"{app.config.get('BROKER_KEY_PREFIX') or ''}gradcheck-ratelimit",
+        swallow_errors=True, in_memory_fallback_enabled=True, key_prefix=f"{app.config.get('BROKER_KEY_PREFIX') or ''}gradcheck-ratelimit",
     )
     app.extensions["gradcheck_limiter"] = limiter
     return limiter

@@ -7,6 +7,10 @@ got to write anything else; past ``max_attempts`` it ends as ``error`` instead o
 Each start also writes a fresh ``claim`` token. Heartbeats and the final write only succeed for the current claim,
 so when a run is delivered twice (a reaped run whose old message comes back), only one report is ever stored.
 
+A worker notes when it takes a run's message off the queue (:func:`mark_received`: ``heartbeat_at`` of a run still
+``queued``). A worker killed between that moment and the claim leaves an unacknowledged message that Redis would
+only hand out again after its visibility timeout (an hour or more); the reaper sees the old receipt and requeues.
+
 A worker rides out a database outage (``retry.py``): claims, final writes and error endings are retried with
 backoff, and a heartbeat that cannot be written is skipped, so a finished check keeps its report until it is stored.
 """
@@ -148,9 +152,22 @@ def _fail(session: Session, run_id: str, claim: str | None, code: str, message: 
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def mark_received(session: Session, run_id: str, worker_host: str) -> bool:
+    """A worker received the run's message and is about to start it; False when the run is no longer queued."""
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.status == "queued").values(
+            heartbeat_at=utcnow(), worker_host=worker_host[:255], progress_stage="received")
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def reap_stale_runs(session: Session, stale_after_s: float) -> list[str]:
-    """Runs stuck in ``running`` whose worker stopped sending heartbeats: back to ``queued`` (ids returned, for
-    the caller to enqueue after this commit), or ``error`` when their attempts are used up."""
+    """Runs whose worker vanished, back to ``queued`` (ids returned, for the caller to enqueue after this commit):
+
+    * ``running`` with no heartbeat for ``stale_after_s`` -- or ``error`` when their attempts are used up;
+    * ``queued`` but received by a worker ``stale_after_s`` ago and never started (the worker died holding it).
+    """
     now = utcnow()
     threshold = now - dt.timedelta(seconds=stale_after_s)
     stale = session.execute(
@@ -173,6 +190,11 @@ def reap_stale_runs(session: Session, stale_after_s: float) -> list[str]:
         elif session.execute(guard.values(
             status="queued", claim=None, heartbeat_at=None, progress=None, progress_stage="requeued",
         )).rowcount:  # type: ignore[attr-defined]
+            requeue.append(run_id)
+    orphaned = session.scalars(select(Run.id).where(Run.status == "queued", Run.heartbeat_at < threshold)).all()
+    for run_id in orphaned:
+        if session.execute(update(Run).where(Run.id == run_id, Run.status == "queued", Run.heartbeat_at < threshold)
+                           .values(heartbeat_at=None, progress_stage="requeued")).rowcount:  # type: ignore[attr-defined]
             requeue.append(run_id)
     session.commit()
     return requeue
