@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..api.errors import error_response
 from . import bp
+from .auth import JSON_ENDPOINTS
 
 # URL prefixes that belong to the JSON API and the health probes.
 JSON_PREFIXES = ("/api/", "/healthz", "/readyz")
@@ -23,7 +24,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
 
 
 def _wants_html() -> bool:
-    if request.path.startswith(JSON_PREFIXES):
+    if request.path.startswith(JSON_PREFIXES) or request.endpoint in JSON_ENDPOINTS:
         return False
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return request.blueprint == "dashboard" or best == "text/html"

@@ -18,8 +18,12 @@ from ..store import queries as store_queries
 from ..store.models import Run, RunLabel, RunReport
 from ..store.queries import RunFilters, decode_cursor, encode_cursor
 
-# Choices offered in the filter drop-downs are capped: a project with more models than this gets a text box.
+# Choices offered in the filter drop-downs are capped at this many values.
 MAX_CHOICES = 200
+# Labels offered are those of the project's latest runs: a bounded read however many runs there are.
+LABEL_WINDOW = 1000
+# The runs list counts matches up to this many and then says "10,000+": counting stays bounded too.
+COUNT_CAP = 10_000
 
 
 @dataclass
@@ -83,9 +87,11 @@ def runs_page(session: Session, project_id: int, filters: RunFilters, *, search:
                     total=count_matching(session, project_id, filters, search))
 
 
-def count_matching(session: Session, project_id: int, filters: RunFilters, search: str | None = None) -> int:
-    query = _matching(project_id, filters, search).with_only_columns(func.count()).order_by(None)
-    return int(session.scalar(query) or 0)
+def count_matching(session: Session, project_id: int, filters: RunFilters, search: str | None = None,
+                   cap: int = COUNT_CAP) -> int:
+    """Matching runs, counted up to ``cap + 1`` (a result above ``cap`` means "more than cap")."""
+    limited = _matching(project_id, filters, search).with_only_columns(Run.id).order_by(None).limit(cap + 1)
+    return int(session.scalar(select(func.count()).select_from(limited.subquery())) or 0)
 
 
 def headlines(session: Session, run_ids: Iterable[str]) -> dict[str, RunReport]:
@@ -98,7 +104,8 @@ def headlines(session: Session, run_ids: Iterable[str]) -> dict[str, RunReport]:
 
 
 def filter_choices(session: Session, project_id: int) -> FilterChoices:
-    """Distinct models, branches and labels of the project, for the filter drop-downs (three indexed queries)."""
+    """Distinct models and branches of the project (covering-index scans) and the labels of its latest
+    ``LABEL_WINDOW`` runs, for the filter drop-downs."""
     def distinct(column: Any, query: Select[Any]) -> list[str]:
         return [value for value in session.scalars(query.distinct().order_by(column).limit(MAX_CHOICES)) if value]
 
@@ -106,8 +113,9 @@ def filter_choices(session: Session, project_id: int) -> FilterChoices:
         models=distinct(Run.model_name, select(Run.model_name).where(Run.project_id == project_id)),
         branches=distinct(Run.git_branch, select(Run.git_branch).where(Run.project_id == project_id,
                                                                        Run.git_branch.is_not(None))),
-        labels=distinct(RunLabel.label, select(RunLabel.label).join(Run, Run.id == RunLabel.run_id)
-                        .where(Run.project_id == project_id)),
+        labels=distinct(RunLabel.label, select(RunLabel.label).where(RunLabel.run_id.in_(
+            select(Run.id).where(Run.project_id == project_id)
+            .order_by(Run.created_at.desc(), Run.id.desc()).limit(LABEL_WINDOW)))),
     )
 
 

@@ -60,7 +60,7 @@ def runs() -> ResponseReturnValue:
         session, g.project_id, store_queries.RunFilters()) > 0
     return render_template("dashboard/runs.html", page=page, args=args, statuses=RUN_STATUSES,
                            choices=dash_queries.filter_choices(session, g.project_id), any_runs=any_runs,
-                           active=ACTIVE)
+                           active=ACTIVE, count_cap=dash_queries.COUNT_CAP)
 
 
 def _live_item(run: Run, report: RunReport | None) -> dict[str, Any]:

@@ -74,6 +74,7 @@ def test_only_the_signed_in_projects_runs_are_shown(api_app: Flask, client: Flas
     for path in (f"/runs/{theirs}", f"/runs/{theirs}.json", "/models/theirs", f"/compare?a={mine}&b={theirs}"):
         response = client.get(path)
         assert response.status_code == 404, path
+    assert client.get(f"/runs/{theirs}.json").get_json()["error"]["code"] == "not_found"  # JSON stays JSON
     assert "theirs" not in client.get("/models").get_data(as_text=True)
     assert client.get(f"/live.json?ids={mine},{theirs}").get_json()["runs"][0]["id"] == mine
     assert len(client.get(f"/live.json?ids={theirs}").get_json()["runs"]) == 0
@@ -268,3 +269,27 @@ def test_mixed_precision_section_shows_the_verdict(api_app: Flask, client: Flask
     section = html[html.index('id="precision"'):]
     assert report["memory"]["precision"]["verdict"].capitalize() in section
     assert section.count("<tr") == 1 + len(report["memory"]["precision"]["parameters"])
+
+
+def test_count_and_label_choices_are_bounded_reads(api_app: Flask, client: FlaskClient, project: Project,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import select
+
+    from gradcheck_service.dashboard import queries
+    from gradcheck_service.extensions import store
+    from gradcheck_service.store.models import Project as ProjectRow
+    from gradcheck_service.store.queries import RunFilters
+
+    for i in range(4):
+        submit(client, project, name=f"m{i}", labels=[f"l{i}"])
+    with api_app.app_context():
+        session = store.session()
+        project_id = session.scalar(select(ProjectRow.id).where(ProjectRow.name == project.name))
+        assert project_id is not None
+        assert queries.count_matching(session, project_id, RunFilters()) == 4
+        assert queries.count_matching(session, project_id, RunFilters(), cap=2) == 3  # "more than 2"
+        monkeypatch.setattr(queries, "LABEL_WINDOW", 2)
+        assert queries.filter_choices(session, project_id).labels == ["l2", "l3"]  # the latest runs' labels
+    sign_in(client, project.token)
+    html = client.get("/?label=l0").get_data(as_text=True)
+    assert '<option value="l0" selected>' in html  # the active filter stays selectable
