@@ -48,8 +48,6 @@ def main() -> int:
             browser = launch_chromium(playwright)
             try:
                 laptop = browser.new_page(viewport=LAPTOP)
-                laptop.goto(f"{base}/login")
-                _shot(laptop, args.out / "login.png")
                 sign_in(laptop, base, seeded.token)
                 _shot(laptop, args.out / "runs.png")
                 laptop.goto(f"{base}/runs/{seeded.run('swish-bug').id}")
