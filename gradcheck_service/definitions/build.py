@@ -213,6 +213,18 @@ class SumLoss:
         return output.sum()
 
 
+def fit_batch(target: torch.Tensor, batch: int) -> torch.Tensor:
+    """The targets for a batch of ``batch`` samples: the generated ones, tiled along dim 0 when the batch grows.
+
+    Batch-scaling measurements repeat the inputs along dim 0; repeating the targets the same way keeps the loss
+    defined (and per-sample identical) at every batch size.
+    """
+    if target.dim() == 0 or target.shape[0] == batch:
+        return target
+    reps = -(-batch // target.shape[0])
+    return target.repeat(reps, *([1] * (target.dim() - 1)))[:batch]
+
+
 class MSEToTargets:
     """Mean (or summed) squared error against fixed targets drawn once from normal(0, 1)."""
 
@@ -221,7 +233,8 @@ class MSEToTargets:
         self.reduction = reduction
 
     def __call__(self, output: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(output, self.target.to(device=output.device, dtype=output.dtype), reduction=self.reduction)
+        target = fit_batch(self.target, output.shape[0]) if output.dim() else self.target
+        return F.mse_loss(output, target.to(device=output.device, dtype=output.dtype), reduction=self.reduction)
 
 
 class CrossEntropyToTargets:
@@ -234,7 +247,8 @@ class CrossEntropyToTargets:
 
     def __call__(self, output: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         scores = output.movedim(self.class_dim, 1)
-        return F.cross_entropy(scores, self.target.to(output.device), reduction=self.reduction)
+        target = fit_batch(self.target, scores.shape[0]) if scores.dim() else self.target
+        return F.cross_entropy(scores, target.to(output.device), reduction=self.reduction)
 
 
 def make_loss(spec: ModelSpec, output_shape: tuple[int, ...], generator: torch.Generator) -> Any:

@@ -433,3 +433,19 @@ def test_arbitrary_documents_give_a_definition_or_a_definition_error(shape: Any,
     assert math.prod(definition.inputs[0].shape) <= SpecLimits().max_input_elements
     out = definition.module(*definition.inputs)  # whatever validates also runs
     assert list(out.shape) == definition.metadata["output_shape"]
+
+
+def test_generated_targets_follow_a_grown_batch_so_batch_scaling_works() -> None:
+    import warnings
+
+    from gradcheck_service import check
+    from gradcheck_service.definitions import load_definition
+
+    definition = load_definition(str(Path(__file__).resolve().parents[2] / "examples" / "mlp.json"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = check(definition.module, definition.inputs, definition.loss_fn, mode="fast", health=False,
+                       batch_scaling=True, memory_budget_bytes=2**30)
+    scaling = report.memory.batch_scaling
+    assert scaling is not None and scaling.possible, scaling
+    assert scaling.batch_sizes == [8, 16] and scaling.largest_batch and scaling.largest_batch > 16
