@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from flask import current_app, g, jsonify, request, url_for
@@ -33,13 +34,20 @@ from .schemas import (
     RunSubmission,
 )
 from .serialize import run_json
-from .submission import _pydantic_problems, parse_submission
+from .submission import _pydantic_problems, parse_submission, text_problem
+
+# Run ids are UUID4 hex; anything else names no run (and is never sent to the database).
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _no_such_run(run_id: str) -> ApiError:
+    return ApiError(404, f"no run {run_id[:64]!r} in project {g.project_name!r}")
 
 
 def _scoped_run(run_id: str) -> Run:
-    run = queries.get_run(store.session(), g.project_id, run_id)
+    run = queries.get_run(store.session(), g.project_id, run_id) if _RUN_ID.fullmatch(run_id) else None
     if run is None:
-        raise ApiError(404, f"no run {run_id!r} in project {g.project_name!r}")
+        raise _no_such_run(run_id)
     return run
 
 
@@ -120,8 +128,8 @@ def get_definition(run_id: str) -> ResponseReturnValue:
 @documented("Delete a run and its report", responses={204: None, 404: ErrorOut})
 def delete_run(run_id: str) -> ResponseReturnValue:
     session = store.session()
-    if not queries.delete_run(session, g.project_id, run_id):
-        raise ApiError(404, f"no run {run_id!r} in project {g.project_name!r}")
+    if not _RUN_ID.fullmatch(run_id) or not queries.delete_run(session, g.project_id, run_id):
+        raise _no_such_run(run_id)
     session.commit()
     return "", 204
 
@@ -136,6 +144,10 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 @documented("Runs of the project, newest first, filtered, with cursor paging", query=RunQuery,
             responses={200: RunPage, 422: ErrorOut})
 def list_runs() -> ResponseReturnValue:
+    unstorable = [(f"query.{name}", why) for name, value in request.args.items(multi=True)
+                  if (why := text_problem(value)) is not None]
+    if unstorable:
+        raise validation_error(unstorable)
     try:
         query = RunQuery.model_validate(request.args.to_dict())
     except ValidationError as exc:

@@ -26,6 +26,58 @@ from .errors import ApiError, validation_error
 from .schemas import RunMetadata, RunSubmission
 
 Problems = list[tuple[str, str]]
+# Deepest nesting of objects/arrays accepted in a request; a real spec is a handful of levels deep.
+MAX_JSON_DEPTH = 64
+
+
+def text_problem(value: str) -> str | None:
+    """Why the database cannot store this text, or None: PostgreSQL's text and JSONB refuse NUL characters, and
+    an unpaired surrogate (``\\ud800`` in JSON) is not UTF-8."""
+    if "\x00" in value:
+        return "contains a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate: not valid Unicode text"
+    return None
+
+
+def _json_shape_problems(data: Any, prefix: list[str | int]) -> Problems:
+    """Strings the store cannot keep and nesting deeper than MAX_JSON_DEPTH, each with its JSON path (iterative,
+    so a deep document cannot exhaust the stack here)."""
+    problems: Problems = []
+    stack: list[tuple[Any, list[str | int]]] = [(data, prefix)]
+    while stack and len(problems) < 20:
+        value, loc = stack.pop()
+        if len(loc) - len(prefix) > MAX_JSON_DEPTH:
+            problems.append((json_path(loc), f"nested deeper than {MAX_JSON_DEPTH} levels"))
+        elif isinstance(value, str):
+            if (why := text_problem(value)) is not None:
+                problems.append((json_path(loc), why))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if (why := text_problem(str(key))) is not None:
+                    problems.append((json_path(loc), f"a key {why}"))
+                else:
+                    stack.append((item, [*loc, str(key)]))
+        elif isinstance(value, list):
+            stack.extend((item, [*loc, index]) for index, item in enumerate(value))
+    return sorted(problems)
+
+
+def _decode_json(raw: str | bytes, where: str) -> Any:
+    """``json.loads`` with every failure as a 422 naming ``where`` (not valid JSON, or nested too deeply)."""
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise validation_error([(where, f"nested deeper than {MAX_JSON_DEPTH} levels")]) from None
+    except ValueError as exc:
+        raise validation_error([(where, f"not valid JSON: {exc}")]) from None
+    problems = _json_shape_problems(data, [])
+    if problems:
+        raise validation_error([(where + path[1:] if where != "$" else path, message)
+                                for path, message in problems])
+    return data
 
 
 @dataclass
@@ -83,9 +135,9 @@ def _form_json(request: Request, field: str, model: type[BaseModel], problems: P
     if raw is None or not raw.strip():
         return model()
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        problems.append((f"{field}", f"not valid JSON: {exc}"))
+        data = _decode_json(raw, field)
+    except ApiError as exc:
+        problems.extend((p["path"], p["message"]) for p in exc.details["problems"])
         return None
     try:
         return model.model_validate(data)
@@ -96,7 +148,8 @@ def _form_json(request: Request, field: str, model: type[BaseModel], problems: P
 
 def _from_multipart(request: Request) -> Submission:
     problems: Problems = []
-    unknown = sorted(set(request.form) - {"options", "metadata"}) + sorted(set(request.files) - {"model"})
+    unknown = (sorted(str(name) for name in set(request.form) - {"options", "metadata"})
+               + sorted(str(name) for name in set(request.files) - {"model"}))
     problems.extend((name, f"unknown form field '{name}' (expected model, options, metadata)") for name in unknown)
     options = _form_json(request, "options", CheckOptions, problems)
     metadata = _form_json(request, "metadata", RunMetadata, problems)
@@ -110,6 +163,8 @@ def _from_multipart(request: Request) -> Submission:
         source = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise validation_error([("model", f"{filename} is not UTF-8 text")]) from None
+    if (why := text_problem(source)) is not None:
+        raise validation_error([("model", f"{filename} {why}")])
     kind = {".py": "python", ".json": "spec"}.get(suffix)
     spec_name = None
     if kind is None:
@@ -117,9 +172,14 @@ def _from_multipart(request: Request) -> Submission:
     elif kind == "spec":
         try:
             data = parse_spec_text(source, filename)
+            shape_problems = _json_shape_problems(data, [])
         except DefinitionError as exc:
             problems.extend((f"model:{p.path}", p.message) for p in exc.problems)
+        except RecursionError:
+            problems.append(("model", f"{filename}: nested deeper than {MAX_JSON_DEPTH} levels"))
         else:
+            if shape_problems:
+                raise validation_error([(f"model:{path}", message) for path, message in shape_problems])
             spec_problems, spec_name = _spec_problems(data, [])
             problems.extend((f"model:{path}", message) for path, message in spec_problems)
     else:
@@ -131,9 +191,13 @@ def _from_multipart(request: Request) -> Submission:
 
 
 def _from_json(request: Request) -> Submission:
-    data = request.get_json(silent=True)
-    if data is None:
-        raise validation_error([("$", "the body is not valid JSON")])
+    raw = request.get_data(cache=True)
+    try:
+        data = _decode_json(raw, "$")
+    except ApiError as exc:
+        if exc.details["problems"][0]["message"].startswith("not valid JSON"):
+            raise validation_error([("$", "the body is not valid JSON")]) from None
+        raise
     if not isinstance(data, dict):
         raise validation_error([("$", "the body must be a JSON object with a 'spec'")])
     try:
