@@ -140,16 +140,30 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=4, help="threads polling runs, lists and models")
     parser.add_argument("--http-workers", type=int, default=2, help="gunicorn worker processes (4 threads each)")
     parser.add_argument("--kills", type=int, default=0, help="SIGKILL a whole check worker this many times")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for every run to finish")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every run to finish")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="gradcheck-load-"))
+    prefix = f"gradcheck-load-{uuid.uuid4().hex[:6]}:"
+    try:
+        return run_load(args, tmp, prefix)
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def run_load(args: argparse.Namespace, tmp: Path, prefix: str) -> int:
     with fresh_pg_database() as database_url:
         from gradcheck_service.store.migrate import upgrade
 
         upgrade(database_url)
         env = service_env(DATABASE_URL=database_url, BROKER_URL=REDIS_URL, DATA_DIR=str(tmp),
-                          BROKER_KEY_PREFIX=f"gradcheck-load-{uuid.uuid4().hex[:6]}:", HEARTBEAT_INTERVAL_S=1,
+                          BROKER_KEY_PREFIX=prefix, HEARTBEAT_INTERVAL_S=1,
                           STALE_AFTER_S=10, REAPER_INTERVAL_S=2)
         token = cli(["token", "create", "--project", "load"], env).stdout.strip().splitlines()[-1]
         port = free_port()

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from .ingest import report_rows
 from .models import Run, utcnow
@@ -166,7 +166,11 @@ def reap_stale_runs(session: Session, stale_after_s: float) -> list[str]:
     """Runs whose worker vanished, back to ``queued`` (ids returned, for the caller to enqueue after this commit):
 
     * ``running`` with no heartbeat for ``stale_after_s`` -- or ``error`` when their attempts are used up;
-    * ``queued`` but received by a worker ``stale_after_s`` ago and never started (the worker died holding it).
+    * ``queued`` but received by a worker ``stale_after_s`` ago and never started (the worker died holding it);
+    * ``queued``, never received, while a run sent after it on the same queue was started ``stale_after_s`` ago.
+      Kombu's Redis transport pops a message before it records it as unacknowledged, so a worker killed in
+      between loses it without a trace; the queue is first-in first-out, so the later run's start proves the
+      earlier message was taken.
     """
     now = utcnow()
     threshold = now - dt.timedelta(seconds=stale_after_s)
@@ -195,6 +199,17 @@ def reap_stale_runs(session: Session, stale_after_s: float) -> list[str]:
     for run_id in orphaned:
         if session.execute(update(Run).where(Run.id == run_id, Run.status == "queued", Run.heartbeat_at < threshold)
                            .values(heartbeat_at=None, progress_stage="requeued")).rowcount:  # type: ignore[attr-defined]
+            requeue.append(run_id)
+    later = aliased(Run)
+    lost = session.scalars(select(Run.id).where(
+        Run.status == "queued", Run.attempts == 0, Run.heartbeat_at.is_(None), Run.progress_stage.is_(None),
+        select(later.id).where(later.queue == Run.queue, later.created_at > Run.created_at,
+                               later.started_at < threshold).exists(),
+    )).all()
+    for run_id in lost:
+        if session.execute(update(Run).where(Run.id == run_id, Run.status == "queued", Run.attempts == 0,
+                                             Run.progress_stage.is_(None))
+                           .values(progress_stage="requeued")).rowcount:  # type: ignore[attr-defined]
             requeue.append(run_id)
     session.commit()
     return requeue

@@ -273,3 +273,37 @@ def test_report_table_refuses_a_second_report(pg_url: str, tmp_path: Path) -> No
         with pytest.raises(IntegrityError):
             session.commit()
         session.rollback()
+
+
+def test_reaper_requeues_a_message_lost_between_redis_and_the_worker(pg_url: str, tmp_path: Path) -> None:
+    """Kombu pops a message before recording it as unacknowledged; a worker killed in between leaves a run
+    queued forever with no trace in Redis. The queue is FIFO: a later run started long ago proves the loss."""
+    import datetime as dt
+
+    from gradcheck_service.extensions import store
+    from gradcheck_service.store.lifecycle import reap_stale_runs
+
+    project = f"lost-{uuid.uuid4().hex[:6]}"
+    api = Api(Service({"DATABASE_URL": pg_url, "BROKER_URL": "redis://127.0.0.1:1/0", "DATA_DIR": str(tmp_path)},
+                      tmp_path), project)
+    now = dt.datetime.now(dt.UTC)
+    with api.app.app_context():
+        session = store.session()
+        project_id = session.scalar(select(Project.id).where(Project.name == project))
+
+        def add(age_s: float, **values: Any) -> str:
+            run = Run(project_id=project_id, model_name="tiny", model_hash="0" * 64, definition_kind="spec",
+                      definition="{}", options={}, device="cpu", queue=f"q-{project}", timeout_s=60,
+                      created_at=now - dt.timedelta(seconds=age_s), **values)
+            session.add(run)
+            session.commit()
+            return run.id
+
+        lost = add(100)  # never received, never started
+        waiting = add(50)  # behind the later run's start: its message may still be in the queue
+        add(80, status="running", attempts=1, started_at=now - dt.timedelta(seconds=70), heartbeat_at=now)
+        add(40, status="running", attempts=1, started_at=now - dt.timedelta(seconds=1), heartbeat_at=now)
+        assert reap_stale_runs(session, stale_after_s=30) == [lost]
+        assert session.get(Run, lost).progress_stage == "requeued"  # type: ignore[union-attr]
+        assert session.get(Run, waiting).progress_stage is None  # type: ignore[union-attr]
+        assert reap_stale_runs(session, stale_after_s=30) == []  # sent again once, not on every tick
