@@ -148,7 +148,9 @@ def test_workers_sigkilled_repeatedly_under_load_lose_no_run(redis_pg_service: S
     outcome = _ledger_check(pg_url, project, ledger)
     killer_row = outcome["runs"][killer]
     assert killer_row.status == "error" and killer_row.error_code == "worker_lost", killer_row
-    assert killer_row.attempts == 4  # three starts killed, the fourth delivery only counted and closed it
+    # three starts killed; the fourth delivery only counted and closed it -- or, when a whole-worker kill took the
+    # third start, the reaper closed it at 3
+    assert killer_row.attempts in (3, 4), killer_row
     others = {i: r for i, r in outcome["runs"].items() if i != killer}
     assert all(r.status == "passed" for r in others.values()), {i: r.status for i, r in others.items()}
     assert kills["whole worker"] >= 3 and kills["pool process"] >= 2, kills
