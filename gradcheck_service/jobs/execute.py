@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery
 
 from .. import config as service_config
@@ -108,10 +109,15 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
             job_dir, timeout_s, on_progress, heartbeat_s=float(config["HEARTBEAT_INTERVAL_S"]),
             max_bytes=int(config["REPORT_MAX_BYTES"]),
         )
-    except BaseException:
-        # The soft time limit (or a shutdown) interrupted the attempt: end it with a reason, then let it go.
+    except SoftTimeLimitExceeded:
         fail_run(session, run_id, claim.claim, "time_limit", "the worker stopped the check at its time limit")
         raise
+    except Exception as exc:  # a fault of the service itself (job directory, launcher): say so, do not retry
+        fail_run(session, run_id, claim.claim, "internal_error",
+                 f"the worker could not run the check: {type(exc).__name__}: {exc}")
+        raise
+    # Anything else (SystemExit/KeyboardInterrupt at a worker shutdown) leaves the run as it is: the message is
+    # redelivered (acks_late), or the reaper requeues the run once its heartbeats stop.
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
     if outcome.result is not None and "report" in outcome.result:
