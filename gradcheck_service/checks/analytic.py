@@ -59,16 +59,12 @@ def run_analytic(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> Analyti
             h.remove()
         if opts.device == "cuda":
             del module
-    param_names = [n for n, _ in module_param_names(work)]
+    param_names = [n for n, _ in work.trainable_parameters()]
     return AnalyticPass(
         parameter_grads={n: _cpu(g) for n, g in zip(param_names, grads[: len(params)], strict=True)},
         input_grads={i: _cpu(g) for i, g in zip(work.float_input_indices, grads[len(params):], strict=True)},
         layer_calls={k: [LayerCall(c.x.cpu(), c.z.cpu(), _cpu(c.grad_z)) for c in v] for k, v in calls.items()},
     )
-
-
-def module_param_names(work: WorkingCopy) -> list[tuple[str, nn.Parameter]]:
-    return work.trainable_parameters()
 
 
 def _recorder(name: str, calls: dict[str, list[LayerCall]]) -> Callable[..., None]:

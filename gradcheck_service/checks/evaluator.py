@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -187,7 +187,7 @@ class LossEvaluator:
     def _maybe_hook(self, target: Target) -> Any:
         if target.kind == "output":
             return self._output_hook(target)
-        return _nullcontext()
+        return nullcontext()
 
     def _batched(self, target: Target, deltas: torch.Tensor) -> torch.Tensor:
         fn: Callable[[torch.Tensor], torch.Tensor] = lambda d: self._perturbed_loss(target, d)  # noqa: E731
@@ -223,8 +223,3 @@ class LossEvaluator:
             self.evaluations -= 2
         tol = 1e-9 * max(self.loss_scale, 1e-30) if target.base.dtype == torch.float64 else 1e-4 * self.loss_scale
         return bool(((values - self.base_loss).abs() <= tol).all())
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield

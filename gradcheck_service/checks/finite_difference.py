@@ -91,8 +91,8 @@ def combine(
 
 
 def tolerance(
-    analytic: torch.Tensor, diffs: Differences, safety_factor: float, dtype: torch.dtype
+    analytic: torch.Tensor, numeric: torch.Tensor, error: torch.Tensor, safety_factor: float, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Allowed |analytic - numeric| per direction: safety factor x estimated FD error + a relative floor."""
-    scale = torch.maximum(analytic.abs(), diffs.numeric.abs())
-    return safety_factor * diffs.error + relative_floor(dtype) * scale
+    """Allowed |analytic - numeric| per comparison: safety factor x estimated FD error + a relative floor."""
+    scale = torch.maximum(analytic.abs(), numeric.abs())
+    return safety_factor * error + relative_floor(dtype) * scale

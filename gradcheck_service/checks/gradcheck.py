@@ -16,7 +16,7 @@ from ..options import CheckOptions
 from ..report import Coordinate, TensorCheck
 from .directions import Measured, measure, measure_coordinates, probe_directions
 from .evaluator import LossEvaluator, Target
-from .finite_difference import relative_floor
+from .finite_difference import tolerance
 
 # Relative-error denominators never drop below this fraction of the tensor's largest gradient, so an entry whose
 # gradient is ~0 does not report a meaningless relative error of 1e9.
@@ -60,8 +60,7 @@ class Comparison:
 def compare(
     analytic: torch.Tensor, measured: Measured, index: torch.Tensor, options: CheckOptions, dtype: torch.dtype
 ) -> Comparison:
-    scale = torch.maximum(analytic.abs(), measured.numeric.abs())
-    tol = options.safety_factor * measured.error + relative_floor(dtype) * scale
+    tol = tolerance(analytic, measured.numeric, measured.error, options.safety_factor, dtype)
     return Comparison(index, analytic, measured.numeric, tol, measured.kink)
 
 

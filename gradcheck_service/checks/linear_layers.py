@@ -17,7 +17,7 @@ from ..report import TensorCheck
 from .analytic import AnalyticPass, LayerCall
 from .directions import measure, measure_coordinates, probe_directions
 from .evaluator import LossEvaluator, Target
-from .finite_difference import relative_floor
+from .finite_difference import tolerance
 from .gradcheck import Checked, Comparison, compare, parameter_space_from_output, summarize
 from .working_copy import WorkingCopy
 
@@ -110,9 +110,8 @@ def _check_layer(
         rows = channels  # weight and bias are indexed by output channel along dim 0
         a_rows, num_rows = a[rows].reshape(-1), num.to(torch.float64)[rows].reshape(-1)
         err_rows = err.to(torch.float64)[rows].reshape(-1)
-        scale = torch.maximum(a_rows.abs(), num_rows.abs())
         kink = err_rows >= KINK_ERROR / 10
-        tol = opts.safety_factor * err_rows + relative_floor(dtype) * scale
+        tol = tolerance(a_rows, num_rows, err_rows, opts.safety_factor, dtype)
         row_index = torch.stack(torch.unravel_index(torch.arange(a_rows.numel()), a[rows].shape), dim=1)
         row_index[:, 0] = rows[row_index[:, 0]]
         comp = Comparison(row_index, a_rows, num_rows, tol, kink)
