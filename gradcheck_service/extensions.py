@@ -13,6 +13,7 @@ from flask import Flask
 from kombu import Queue
 
 from . import config as service_config
+from .embedded_queue import celery_broker
 from .store.db import Store
 
 store = Store()
@@ -34,7 +35,7 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
     transport: dict[str, Any] = {}
     if broker.startswith("sqla+"):
         # kombu's SQLAlchemy transport hands its options to create_engine(): only engine arguments here.
-        # It polls the queue table once a second (fixed), which bounds the embedded queue's pick-up delay.
+        # It polls the queue table ten times a second (EmbeddedTransport), which bounds the pick-up delay.
         transport["connect_args"] = {"timeout": 30}
     else:
         # Redis hands an unacknowledged message to another worker after this many seconds; it must be longer
@@ -43,8 +44,10 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
         if config.get("BROKER_KEY_PREFIX"):
             transport["global_keyprefix"] = str(config["BROKER_KEY_PREFIX"])
     timeout = float(config["RUN_TIMEOUT_S"])
+    broker_url, broker_transport = celery_broker(broker)
     return {
-        "broker_url": broker,
+        "broker_url": broker_url,
+        "broker_transport": broker_transport,
         "broker_transport_options": transport,
         # Results go to the SQL store, not to a Celery backend; the option is set anyway wherever it is read.
         "task_ignore_result": True,
