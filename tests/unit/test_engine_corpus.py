@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gradcheck_service import check
-from tests.fixtures.buggy_models import BUGGY
+from tests.fixtures.buggy_models import BUGGY, CustomLinear, LinearWrongColumn
 from tests.fixtures.correct_models import CORRECT
 
 FAST = {"health": False, "memory": False}
@@ -129,32 +129,10 @@ def test_exact_relu_kink_is_detected_not_reported_as_a_bug() -> None:
     assert kinks["0.weight"] > 0 and kinks["input[0]"] > 0 and kinks["2.weight"] == 0
 
 
-class _WrongColumn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w):  # type: ignore[no-untyped-def]
-        ctx.save_for_backward(x, w)
-        return x @ w.t()
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[no-untyped-def]
-        x, w = ctx.saved_tensors
-        grad_w = g.t() @ x
-        grad_w[:, 37] *= 1.05  # one column of a large weight is 5 % off
-        return g @ w, grad_w
-
-
-class _WideCustomLinear(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.randn(96, 96) / 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _WrongColumn.apply(x, self.weight)  # type: ignore[no-any-return]
-
-
 def test_default_mode_catches_one_wrong_column_of_a_large_tensor() -> None:
     torch.manual_seed(3)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 96), torch.nn.Tanh(), _WideCustomLinear(), torch.nn.Linear(96, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 96), torch.nn.Tanh(), CustomLinear(LinearWrongColumn, 96),
+                                torch.nn.Linear(96, 2))
     report = check(model, torch.randn(4, 8), mode="default", **FAST)
     weight = next(t for t in report.gradient_check.parameters if t.name == "2.weight")
     assert weight.coverage == "sampled" and weight.numel > 4096 and weight.probes > 0
