@@ -1,14 +1,15 @@
 """Cost of the default gradient-health and memory sections, as a multiple of one plain forward+backward.
 
 Model: a ~1M-parameter ReLU MLP (256-512-512-512-512-10, batch 64) with the engine's default loss (a seeded random
-projection of the output). "Default sections" = ``analyze_gradients`` + ``profile_memory`` without checkpointing,
-batch scaling or mixed precision. Plain steps and profiles are interleaved in one process after a warm-up run (the
+projection of the output). "Default sections" = what ``check()`` runs for them: ``profile_training_step`` (gradient
+health and the memory profile from one shared instrumented pass, plus the timed plain step) without checkpointing,
+batch scaling or mixed precision; ``--separate`` measures ``analyze_gradients`` + ``profile_memory`` instead. Plain steps and profiles are interleaved in one process after a warm-up run (the
 first profile in a process also pays a one-off import of torch._dynamo by TorchDispatchMode, printed separately).
 Two clocks: wall time (min and median) and process CPU time (median). On a shared, loaded machine the CPU time is
 the robust figure: time the process spent waiting for a core is not counted, and a longer task is not penalized for
 being preempted more often. Target: < 5x.
 
-    .venv/bin/python benchmarks/profile_overhead.py [--repeats 20] [--threads N]
+    .venv/bin/python benchmarks/profile_overhead.py [--repeats 20] [--threads N] [--separate]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from gradcheck_service.checks.health import analyze_gradients
 from gradcheck_service.checks.loss import RandomProjection
-from gradcheck_service.checks.memory import profile_memory
+from gradcheck_service.checks.memory import profile_memory, profile_training_step
 from gradcheck_service.options import CheckOptions
 
 
@@ -40,6 +41,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--separate", action="store_true",
+                        help="health and memory as two passes (analyze_gradients + profile_memory)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,8 +59,11 @@ def main() -> None:
 
     def profiled() -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.process_time()
-        analyze_gradients(model, (x,), loss_fn, options.thresholds, options.seed)
-        profile_memory(model, (x,), loss_fn, options)
+        if args.separate:
+            analyze_gradients(model, (x,), loss_fn, options.thresholds, options.seed)
+            profile_memory(model, (x,), loss_fn, options)
+        else:
+            profile_training_step(model, (x,), loss_fn, options)
         return time.perf_counter() - wall, time.process_time() - cpu
 
     first = profiled()[0]  # includes the one-off import

@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .health import compute_loss
+from .tracking import is_untracked
 
 LossFn = Callable[..., torch.Tensor]
 CPU_PEAK_METHOD = "allocation tracking: bytes of every ATen operator output storage, live until freed (dispatch mode)"
@@ -77,6 +78,8 @@ class AllocationTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        if is_untracked():
+            return out
         inputs = {id(a.untyped_storage()) for a in _tensors((args, kwargs))}
         for result in _tensors(out):
             storage = result.untyped_storage()
@@ -117,6 +120,7 @@ class StepMeasurement:
     peak_increase_bytes: int = 0
     retained_after_forward_bytes: int = 0
     peak_method: str = CPU_PEAK_METHOD
+    loss_value: float = float("nan")
 
 
 class _SavedTensorCounter:
@@ -231,6 +235,7 @@ def measure_step(
                 result.retained_after_forward_bytes = tracker.live
                 loss.backward()
             result.peak_increase_bytes = tracker.peak
+        result.loss_value = float(loss.detach())
     finally:
         counter.remove()
         if tracker is not None:

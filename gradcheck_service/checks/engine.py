@@ -168,6 +168,17 @@ def measure_health_and_memory(
     """Gradient norms, diagnosis and memory, measured on the model as given (its own dtype and device)."""
     sections: dict[str, Any] = {}
     device_inputs = inputs
+    if opts.health and opts.memory:
+        from .memory import profile_training_step
+
+        progress("gradient health and memory", 0.0)
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            memory, norms, diagnosis = profile_training_step(model, device_inputs, loss, opts)
+        sections.update(memory=memory, gradient_norms=norms, diagnosis=diagnosis)
+        # One shared pass: the time is reported under memory (the larger part), health keeps its own zero.
+        timings.memory_s = time.perf_counter() - t0
+        return sections
     if opts.health:
         from .health import analyze_gradients
 

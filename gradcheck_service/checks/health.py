@@ -8,7 +8,8 @@ built from these numbers lives in :mod:`.diagnosis`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from .diagnosis import Diagnosis, diagnose
 from .findings import Finding
 from .layers import DEAD_RELU_TYPES, grad_leaves, is_layer
 from .model_state import model_device, preserved, seeded
+from .tracking import untracked
 
 __all__ = [
     "Diagnosis",
@@ -181,32 +183,37 @@ class _SignalRecorder:
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def on_forward(module: nn.Module, _args: Any, output: Any) -> None:
-            call = self._calls.get(name, 0)
-            self._calls[name] = call + 1
-            if isinstance(module, DEAD_RELU_TYPES) and isinstance(output, torch.Tensor):
-                self._count_relu(name, call, output)
-            if not is_layer(module):
-                return
-            leaves = grad_leaves(output)
-            entry: dict[str, Any] = {
-                "name": name, "type": type(module).__name__, "call": call,
-                "output_numel": sum(leaf.numel() for leaf in leaves),
-                "sq_norm": 0.0, "reached": False, "nonfinite_grad": False,
-                "nonfinite_output": not all(_all_finite(leaf) for leaf in leaves),
-            }
-            self.layers.append(entry)
-            for leaf in leaves:
-                self._handles.append(leaf.register_hook(self._on_grad(entry)))
+            with untracked():  # bookkeeping, not the model's memory (see tracking.py)
+                self._record_forward(name, module, output)
 
         return on_forward
+
+    def _record_forward(self, name: str, module: nn.Module, output: Any) -> None:
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
+        if isinstance(module, DEAD_RELU_TYPES) and isinstance(output, torch.Tensor):
+            self._count_relu(name, call, output)
+        if not is_layer(module):
+            return
+        leaves = grad_leaves(output)
+        entry: dict[str, Any] = {
+            "name": name, "type": type(module).__name__, "call": call,
+            "output_numel": sum(leaf.numel() for leaf in leaves),
+            "sq_norm": 0.0, "reached": False, "nonfinite_grad": False,
+            "nonfinite_output": not all(_all_finite(leaf) for leaf in leaves),
+        }
+        self.layers.append(entry)
+        for leaf in leaves:
+            self._handles.append(leaf.register_hook(self._on_grad(entry)))
 
     @staticmethod
     def _on_grad(entry: dict[str, Any]) -> Callable[[torch.Tensor], None]:
         def record(grad: torch.Tensor) -> None:
-            norm = float(torch.linalg.vector_norm(grad.detach()))
-            if not math.isfinite(norm):  # rare: recompute over the finite entries only
-                norm, _, _, nan_count, inf_count = _finite_stats(grad)
-                entry["nonfinite_grad"] = entry["nonfinite_grad"] or nan_count + inf_count > 0
+            with untracked():
+                norm = float(torch.linalg.vector_norm(grad.detach()))
+                if not math.isfinite(norm):  # rare: recompute over the finite entries only
+                    norm, _, _, nan_count, inf_count = _finite_stats(grad)
+                    entry["nonfinite_grad"] = entry["nonfinite_grad"] or nan_count + inf_count > 0
             entry["sq_norm"] += norm * norm
             entry["reached"] = True
 
@@ -235,30 +242,23 @@ class _SignalRecorder:
         self._handles.clear()
 
 
-def analyze_gradients(
-    model: nn.Module,
-    inputs: tuple[torch.Tensor, ...],
-    loss_fn: LossFn,
-    thresholds: HealthThresholds,
-    seed: int,
-) -> tuple[GradientNorms, Diagnosis]:
-    """Measure gradient statistics in one forward+backward pass and diagnose the gradient flow.
+@contextmanager
+def recording(model: nn.Module) -> Iterator[_SignalRecorder]:
+    """Hooks that record the backward signal per layer and ReLU activity during one pass; always removed."""
+    recorder = _SignalRecorder(model)
+    try:
+        yield recorder
+    finally:
+        recorder.remove()
 
-    ``loss_fn(output, *inputs)`` must return a scalar. The pass runs in the model's own dtype, device and mode with
-    ``torch.manual_seed(seed)`` inside a forked RNG; modes, ``.grad`` tensors, buffers and the caller's RNG state
-    are restored and every hook is removed, whatever happens.
-    """
-    device = model_device(model, inputs)
+
+def summarize_gradients(
+    model: nn.Module, recorder: _SignalRecorder, loss_value: float, device: torch.device,
+    thresholds: HealthThresholds,
+) -> tuple[GradientNorms, Diagnosis]:
+    """Gradient statistics from a finished pass (``.grad`` set by it, ``recorder`` attached to it), diagnosed."""
     first = next(iter(model.parameters()), None)
-    with preserved(model), seeded(seed, device):
-        recorder = _SignalRecorder(model)
-        try:
-            loss = compute_loss(model, inputs, loss_fn)
-            loss.backward()
-        finally:
-            recorder.remove()
-        loss_value = float(loss.detach())
-        parameters = _parameter_gradients(model)
+    parameters = _parameter_gradients(model)
     norms = GradientNorms(
         dtype=str(first.dtype if first is not None else torch.get_default_dtype()).removeprefix("torch."),
         device=str(device),
@@ -270,3 +270,25 @@ def analyze_gradients(
         relus=recorder.relus,
     )
     return norms, diagnose(norms, thresholds)
+
+
+def analyze_gradients(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    loss_fn: LossFn,
+    thresholds: HealthThresholds,
+    seed: int,
+) -> tuple[GradientNorms, Diagnosis]:
+    """Measure gradient statistics in one forward+backward pass and diagnose the gradient flow.
+
+    ``loss_fn(output, *inputs)`` must return a scalar. The pass runs in the model's own dtype, device and mode with
+    ``torch.manual_seed(seed)`` inside a forked RNG; modes, ``.grad`` tensors, buffers and the caller's RNG state
+    are restored and every hook is removed, whatever happens. (:func:`~.memory.profile_training_step` gets the
+    same figures from the memory profile's instrumented pass instead of a pass of its own.)
+    """
+    device = model_device(model, inputs)
+    with preserved(model), seeded(seed, device):
+        with recording(model) as recorder:
+            loss = compute_loss(model, inputs, loss_fn)
+            loss.backward()
+        return summarize_gradients(model, recorder, float(loss.detach()), device, thresholds)

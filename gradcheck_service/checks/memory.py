@@ -8,6 +8,7 @@ are extra measured runs, only on request. The model is left exactly as it was.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +18,9 @@ from ..options import CheckOptions
 from .allocations import distinct_storage_bytes, measure_step, timed_step
 from .batch_scaling import BatchScaling, batch_size_of, measure_batch_scaling
 from .checkpointing import CheckpointingPlan, plan_checkpointing
+from .diagnosis import Diagnosis
 from .findings import Finding
+from .health import GradientNorms, recording, summarize_gradients
 from .model_state import clear_grads, model_device, preserved, seeded
 from .precision import PrecisionComparison, compare_precision
 
@@ -98,14 +101,44 @@ def profile_memory(
 
     ``options.memory_budget_bytes`` implies batch scaling (the budget is answered from the fitted line).
     """
+    return _profile(model, inputs, loss_fn, options, with_health=False)[0]
+
+
+def profile_training_step(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    loss_fn: LossFn,
+    options: CheckOptions,
+) -> tuple[MemoryProfile, GradientNorms, Diagnosis]:
+    """The memory profile and the gradient health from the same instrumented pass.
+
+    The health hooks ride on the memory profile's instrumented forward+backward (their own small tensors are
+    hidden from the allocation tracker), which saves a whole training step against running
+    :func:`~.health.analyze_gradients` and :func:`profile_memory` one after the other; the figures are the same.
+    """
+    memory, health = _profile(model, inputs, loss_fn, options, with_health=True)
+    assert health is not None
+    return memory, *health
+
+
+def _profile(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    loss_fn: LossFn,
+    options: CheckOptions,
+    with_health: bool,
+) -> tuple[MemoryProfile, tuple[GradientNorms, Diagnosis] | None]:
     device = model_device(model, inputs)
+    health: tuple[GradientNorms, Diagnosis] | None = None
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     findings: list[Finding] = []
     optimizer = optimizer_state_bytes(model)
     with preserved(model):
-        with seeded(options.seed, device):
+        with seeded(options.seed, device), recording(model) if with_health else nullcontext() as recorder:
             step = measure_step(model, inputs, loss_fn, device)
+        if recorder is not None:
+            health = summarize_gradients(model, recorder, step.loss_value, device, options.thresholds)
         clear_grads(model)
         with seeded(options.seed, device):
             forward_s, backward_s = timed_step(model, inputs, loss_fn, device)
@@ -127,7 +160,7 @@ def profile_memory(
          for name, entry in step.by_module.items()),
         key=lambda m: m.bytes, reverse=True,
     )
-    return MemoryProfile(
+    profile = MemoryProfile(
         device=str(device),
         dtype=str(params[0].dtype if params else torch.get_default_dtype()).removeprefix("torch."),
         batch_size=batch_size_of(inputs)[0],
@@ -152,3 +185,4 @@ def profile_memory(
         precision=precision,
         findings=findings,
     )
+    return profile, health
