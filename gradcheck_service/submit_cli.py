@@ -9,52 +9,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .ci.client import ServiceClient, ServiceError
+
 EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ERROR = 0, 1, 2, 3
-
-
-class ClientError(Exception):
-    pass
-
-
-def _request(method: str, url: str, token: str, body: bytes | None = None,
-             content_type: str | None = None, timeout: float = 30.0) -> Any:
-    request = urllib.request.Request(url, data=body, method=method)
-    request.add_header("Authorization", f"Bearer {token}")
-    request.add_header("Accept", "application/json")
-    if content_type:
-        request.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            error = json.loads(exc.read())["error"]
-        except (ValueError, KeyError, TypeError):
-            raise ClientError(f"{exc.code} from {url}") from None
-        lines = [f"{exc.code} {error.get('message', '')}"]
-        lines += [f"  {p['path']}: {p['message']}" for p in error.get("problems") or []]
-        raise ClientError("\n".join(lines)) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise ClientError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
-
-
-def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts: list[bytes] = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{path.name}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def _describe(run: dict[str, Any]) -> str:
@@ -123,25 +85,24 @@ def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool
         metadata["name"] = name
     if timeout:
         metadata["timeout_s"] = timeout
-    base = server.rstrip("/")
-    body, content_type = _multipart({"options": json.dumps(options), "metadata": json.dumps(metadata)}, "model", path)
+    client = ServiceClient(server, str(token))
     try:
-        created = _request("POST", f"{base}/api/v1/runs", str(token), body, content_type)
+        created = client.create(path, options, metadata)
         if not wait:
             click.echo(json.dumps(created) if as_json else created["id"])
             return
-        run = _wait(base, str(token), created["id"], poll, show=not as_json and sys.stderr.isatty())
-    except ClientError as exc:
+        run = _wait(client, created["id"], poll, show=not as_json and sys.stderr.isatty())
+    except ServiceError as exc:
         bad(str(exc))
         return
     click.echo(json.dumps(run, indent=2) if as_json else _describe(run))
     sys.exit({"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(run["status"], EXIT_ERROR))
 
 
-def _wait(base: str, token: str, run_id: str, poll: float, show: bool) -> dict[str, Any]:
+def _wait(client: ServiceClient, run_id: str, poll: float, show: bool) -> dict[str, Any]:
     last = ""
     while True:
-        run = _request("GET", f"{base}/api/v1/runs/{run_id}", token)
+        run = client.run(run_id)
         if run["status"] in ("passed", "failed", "error"):
             if show:
                 click.echo("\r" + " " * len(last) + "\r", nl=False, err=True)

@@ -1,6 +1,6 @@
 """A small client of the service's REST API (``/api/v1``) for ``ci``: submit runs, read them, find baselines.
 
-Standard library only (urllib), like ``submit``; the multipart encoding is shared with ``submit``.
+Standard library only (urllib). ``submit`` uses it too, so there is one HTTP client in the project.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
-
-from ..submit_cli import _multipart
 
 
 class ServiceError(Exception):
@@ -55,9 +54,13 @@ class ServiceClient:
 
     def submit(self, path: Path, options: dict[str, Any], metadata: dict[str, Any]) -> str:
         """Submit a model file or spec; returns the new run's id."""
-        body, content_type = _multipart({"options": json.dumps(options), "metadata": json.dumps(metadata)},
-                                        "model", path)
-        return str(self.request("POST", "/runs", body, content_type)["id"])
+        return str(self.create(path, options, metadata)["id"])
+
+    def create(self, path: Path, options: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+        """Submit a model file or spec; returns the server's answer (id, status, queue, url)."""
+        body, content_type = multipart({"options": json.dumps(options), "metadata": json.dumps(metadata)},
+                                       "model", path)
+        return dict(self.request("POST", "/runs", body, content_type))
 
     def run(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/runs/{urllib.parse.quote(run_id)}"))
@@ -67,6 +70,18 @@ class ServiceClient:
         query = urllib.parse.urlencode({"model": model, "branch": branch, "status": "passed,failed", "limit": 1})
         runs = self.request("GET", f"/runs?{query}")["runs"]
         return self.run(runs[0]["id"]) if runs else None
+
+
+def multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
+    """A multipart/form-data body with text ``fields`` and the file at ``path``; returns (body, content type)."""
+    boundary = uuid.uuid4().hex
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{path.name}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def _error_text(exc: urllib.error.HTTPError, url: str) -> str:

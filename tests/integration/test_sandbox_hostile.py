@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gradcheck_service.submit_cli import _multipart, _request
+from gradcheck_service.ci.client import ServiceClient
 from tests.service_support import ROOT, ServiceProcess, cli, free_port, service_env, wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,11 +73,10 @@ class LiveService:
     def submit(self, source: str, name: str) -> str:
         path = self.data_dir.parent / name
         path.write_text(source)
-        body, content_type = _multipart({"metadata": json.dumps({"labels": ["hostile"]})}, "model", path)
-        return str(_request("POST", f"{self.url}/api/v1/runs", self.token, body, content_type)["id"])
+        return ServiceClient(self.url, self.token).submit(path, {}, {"labels": ["hostile"]})
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return dict(_request("GET", f"{self.url}/api/v1/runs/{run_id}", self.token))
+        return ServiceClient(self.url, self.token).run(run_id)
 
     def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
         return dict(wait_until(lambda: (r := self.run(run_id))["status"] in ("passed", "failed", "error") and r,
