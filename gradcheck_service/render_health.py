@@ -92,6 +92,7 @@ def render_memory(profile: MemoryProfile) -> str:
         ["optimizer state", human_bytes(opt.adam_bytes), f"Adam; SGD momentum {human_bytes(opt.sgd_momentum_bytes)}"],
         ["activations", human_bytes(profile.activation_bytes),
          f"saved for backward; inputs {human_bytes(profile.activation_input_bytes)}"],
+        ["loss saved", human_bytes(profile.loss_saved_bytes), "saved for backward by the loss function"],
         ["buffers", human_bytes(profile.buffer_bytes), ""],
         ["peak fwd+bwd", human_bytes(profile.peak_bytes),
          f"+{human_bytes(profile.peak_increase_bytes)} above resident"],

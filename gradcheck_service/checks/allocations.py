@@ -4,7 +4,8 @@ Two independent instruments:
 
 * **Saved tensors** (``torch.autograd.graph.saved_tensors_hooks``): every tensor autograd saves for backward passes
   through the pack hook; distinct storages are counted once (views share a storage) and parameter and buffer
-  storages are excluded. Each one is attributed to the innermost module running at that moment. References are
+  storages are excluded. Each one is attributed to the innermost module running at that moment; what is saved while
+  no module of the model runs belongs to the loss and is counted apart from the model's activations. References are
   held only until the forward ends, so a storage address cannot be reused by another tensor while we count, and
   backward frees memory as it normally would.
 * **Allocation peak**: on CUDA the caching allocator's own peak (``torch.cuda.max_memory_allocated``). On CPU a
@@ -115,6 +116,7 @@ class StepMeasurement:
     activation_bytes: int = 0
     activation_input_bytes: int = 0
     saved_tensors: int = 0
+    loss_saved_bytes: int = 0
     by_module: dict[str, ModuleSaved] = field(default_factory=dict)
     resident_bytes: int = 0
     peak_increase_bytes: int = 0
@@ -133,6 +135,7 @@ class _SavedTensorCounter:
         self.seen: dict[tuple[str, int], tuple[torch.Tensor, str]] = {}
         self.by_module: dict[str, ModuleSaved] = {}
         self.saved_tensors = 0
+        self.loss_saved_tensors = 0
         self._stack: list[str] = []
         self._types = {name: type(m).__name__ for name, m in model.named_modules()}
         self._handles: list[Any] = []
@@ -155,11 +158,13 @@ class _SavedTensorCounter:
             self._stack.pop()
 
     def _record(self, tensor: torch.Tensor) -> None:
+        owner = self._stack[-1] if self._stack else LOSS_LABEL
         self.saved_tensors += 1
+        if owner == LOSS_LABEL:
+            self.loss_saved_tensors += 1
         key = storage_key(tensor)
         if key in self.param_keys or key in self.seen:
             return
-        owner = self._stack[-1] if self._stack else LOSS_LABEL
         self.seen[key] = (tensor, owner)
         entry = self.by_module.setdefault(owner, ModuleSaved(type=self._types.get(owner, "")))
         entry.bytes += tensor.untyped_storage().nbytes()
@@ -170,14 +175,21 @@ class _SavedTensorCounter:
         return tensor
 
     def finish(self, into: StepMeasurement) -> None:
-        """Fill the activation fields and drop every reference and hook."""
-        for key, (tensor, _owner) in self.seen.items():
+        """Fill the activation fields and drop every reference and hook.
+
+        A storage first saved by the loss (the default loss's projection weights, a cross-entropy's log-softmax) is
+        training memory but not the model's: it goes to ``loss_saved_bytes``, not ``activation_bytes``.
+        """
+        for key, (tensor, owner) in self.seen.items():
             nbytes = tensor.untyped_storage().nbytes()
+            if owner == LOSS_LABEL:
+                into.loss_saved_bytes += nbytes
+                continue
             into.activation_bytes += nbytes
             if key in self.input_keys:
                 into.activation_input_bytes += nbytes
-        into.saved_tensors = self.saved_tensors
-        into.by_module = self.by_module
+        into.saved_tensors = self.saved_tensors - self.loss_saved_tensors
+        into.by_module = {name: entry for name, entry in self.by_module.items() if name != LOSS_LABEL}
         self.seen.clear()
         self.remove()
 

@@ -34,7 +34,7 @@ class _Model(BaseModel):
 class ModuleActivation(_Model):
     """Bytes of the distinct storages first saved for backward while this module (innermost) was running."""
 
-    module: str = Field(description="Qualified name; '' is the root's own forward, '(loss)' the loss function.")
+    module: str = Field(description="Qualified name; '' is the root's own forward.")
     type: str
     bytes: int
     tensors: int
@@ -62,11 +62,17 @@ class MemoryProfile(_Model):
     gradient_bytes: int = Field(description="One gradient per trainable parameter, in its dtype.")
     optimizer_state: OptimizerState
     activation_bytes: int = Field(
-        description="Distinct storages autograd saved for backward in one forward+loss, parameters and buffers "
-        "excluded (saved_tensors_hooks); includes input batches the first layers keep."
+        description="Distinct storages autograd saved for backward in the model's own forward, parameters and "
+        "buffers excluded (saved_tensors_hooks); includes input batches the first layers keep. What the loss "
+        "saves is in loss_saved_bytes."
     )
     activation_input_bytes: int = Field(description="Part of activation_bytes that is the model's own inputs.")
-    saved_tensors: int = Field(description="Tensors packed for backward, before de-duplicating storages.")
+    saved_tensors: int = Field(description="Tensors the model's forward packed for backward, before de-duplicating "
+                               "storages.")
+    loss_saved_bytes: int = Field(
+        0, description="Distinct storages the loss function saved for backward that the model had not already "
+        "saved: the default random projection's weights, or e.g. a cross-entropy's log-softmax of the logits."
+    )
     activations_by_module: list[ModuleActivation] = Field(default_factory=list, description="Largest first.")
     retained_after_forward_bytes: int = Field(
         description="Allocated by the forward+loss and still alive when backward starts (measured by allocation)."
@@ -172,6 +178,7 @@ def _profile(
         activation_bytes=step.activation_bytes,
         activation_input_bytes=step.activation_input_bytes,
         saved_tensors=step.saved_tensors,
+        loss_saved_bytes=step.loss_saved_bytes,
         activations_by_module=by_module,
         retained_after_forward_bytes=step.retained_after_forward_bytes,
         resident_bytes=step.resident_bytes,

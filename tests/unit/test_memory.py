@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradcheck_service import check
 from gradcheck_service.checks.memory import optimizer_state_bytes, profile_memory
 from gradcheck_service.options import CheckOptions
 from gradcheck_service.render_health import render_memory
@@ -75,6 +76,52 @@ def test_mlp_activation_bytes_match_the_tensors_linear_and_relu_save() -> None:
     assert profile.activation_input_bytes == 4 * N * IN
     by_module = {m.module: m.bytes for m in profile.activations_by_module}
     assert by_module == {"0": 4 * N * IN, "1": 4 * N * HIDDEN}
+
+
+def _model_forward_saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Independent count: distinct storages autograd saves while only the model's forward runs (no loss)."""
+    params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in params:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = model(x)
+    del output
+    return sum(storages.values())
+
+
+def test_default_loss_is_not_counted_as_the_models_activations() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(*[layer for _ in range(4) for layer in (nn.Linear(256, 256), nn.ReLU())])
+    x = torch.randn(32, 256)
+    report = check(model, (x,), mode="fast")  # no loss_fn: the tool's own random projection
+    assert report.memory is not None
+    expected = _model_forward_saved_bytes(model, x)
+    # x and the four ReLU outputs, float32: 5 x 32 x 256 x 4 bytes
+    assert report.memory.activation_bytes == expected == 5 * 32 * 256 * 4
+    # the projection weights (as large as the output) are what the loss keeps for backward
+    assert report.memory.loss_saved_bytes == 32 * 256 * 4
+    assert sum(m.bytes for m in report.memory.activations_by_module) == report.memory.activation_bytes
+    assert "(loss)" not in {m.module for m in report.memory.activations_by_module}
+
+
+def test_a_real_loss_keeps_its_saved_memory_visible() -> None:
+    model, x = _mlp(), torch.randn(N, IN)
+    target = torch.arange(N) % OUT
+
+    def cross_entropy(output: torch.Tensor, *_inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output, target)
+
+    profile = profile_memory(model, (x,), cross_entropy, CheckOptions())
+    assert profile.activation_bytes == _model_forward_saved_bytes(model, x) == 4 * N * IN + 4 * N * HIDDEN
+    # log_softmax keeps its N x OUT result, nll_loss its int64 targets and a scalar total weight; the logits
+    # themselves are not saved (log_softmax's backward needs only its output)
+    assert profile.loss_saved_bytes == 4 * N * OUT + 8 * N + 4
+    assert "loss saved" in render_memory(profile)
 
 
 class ConvNet(nn.Module):
