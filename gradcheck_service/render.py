@@ -9,8 +9,19 @@ def _fmt(value: float) -> str:
     return f"{value:.2e}" if value else "0"
 
 
+def _ratio(value: float | None) -> str:
+    """An error in units of its tolerance: at most 1 passes."""
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    return f"{value:.3g}" if 0.01 <= value < 1000 else f"{value:.1e}"
+
+
 def _order(t: TensorCheck) -> tuple[int, float]:
-    ratio = t.worst.abs_error / t.worst.tolerance if t.worst and t.worst.tolerance else 0.0
+    ratio = t.max_error_ratio
+    if ratio is None:
+        ratio = t.worst.abs_error / t.worst.tolerance if t.worst and t.worst.tolerance else 0.0
     return (int(t.passed), -ratio)
 
 
@@ -18,7 +29,7 @@ def render_gradient_check(report: Report) -> str:
     gc = report.gradient_check
     rows = sorted(gc.parameters + gc.inputs, key=_order)
     head = (f"{'tensor':<34} {'shape':<14} {'verdict':<7} {'coverage':<8} {'coords':>8} {'probes':>6} "
-            f"{'max abs err':>11} {'max rel err':>11}  worst (analytic vs numeric)")
+            f"{'err/tol':>7} {'max abs err':>11} {'max rel err':>11}  worst (analytic vs numeric)")
     lines = [head, "-" * len(head)]
     for t in rows:
         worst = ""
@@ -29,11 +40,12 @@ def render_gradient_check(report: Report) -> str:
         flags += f" kinks={t.kinks}" if t.kinks else ""
         lines.append(
             f"{t.name[:34]:<34} {'x'.join(map(str, t.shape)) or 'scalar':<14} {'ok' if t.passed else 'FAIL':<7} "
-            f"{t.coverage:<8} {t.coordinates_checked:>8} {t.probes:>6} {_fmt(t.max_abs_error):>11} "
-            f"{_fmt(t.max_rel_error):>11}  {worst}{flags}"
+            f"{t.coverage:<8} {t.coordinates_checked:>8} {t.probes:>6} {_ratio(t.max_error_ratio):>7} "
+            f"{_fmt(t.max_abs_error):>11} {_fmt(t.max_rel_error):>11}  {worst}{flags}"
         )
     for t in gc.second_order:
-        lines.append(f"second order {t.name}: {'ok' if t.passed else 'FAIL'} (max abs err {_fmt(t.max_abs_error)})")
+        lines.append(f"second order {t.name}: {'ok' if t.passed else 'FAIL'} (error/tolerance "
+                     f"{_ratio(t.max_error_ratio)}, max abs err {_fmt(t.max_abs_error)})")
     if gc.frozen_parameters:
         lines.append(f"frozen (not checked): {', '.join(gc.frozen_parameters)}")
     return "\n".join(lines)

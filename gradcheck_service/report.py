@@ -56,6 +56,11 @@ class TensorCheck(_Model):
                        "converge as the step shrinks); excluded from the verdict and counted here.")
     max_abs_error: float
     max_rel_error: float
+    max_error_ratio: float | None = Field(
+        None, description="Largest |analytic - numeric| / tolerance over every comparison of this tensor "
+        "(coordinates and probes; kinks excluded): the error in units of its own calibrated bound, so the tensor "
+        "passes exactly when this is at most 1. None in reports written before it was recorded."
+    )
     worst: Coordinate | None = Field(None, description="The comparison closest to (or furthest beyond) its tolerance.")
     unused: bool = Field(False, description="Autograd gave no gradient (None); compared as zero.")
     note: str | None = None

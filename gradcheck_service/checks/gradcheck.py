@@ -51,6 +51,12 @@ class Comparison:
     def failed(self) -> torch.Tensor:
         return (self.abs_error > self.tolerance) & ~self.kink
 
+    def max_ratio(self) -> float:
+        """Largest error in units of its tolerance, kinks left out (0 when nothing is compared)."""
+        ratio = self.abs_error / torch.clamp(self.tolerance, min=TINY)
+        ratio = ratio[~self.kink]
+        return float(ratio.max()) if ratio.numel() else 0.0
+
     @staticmethod
     def cat(parts: list[Comparison]) -> Comparison:
         return Comparison(*(torch.cat([getattr(p, f) for p in parts]) for f in
@@ -162,6 +168,7 @@ def summarize(
         kinks=int(pool.kink.sum()),
         max_abs_error=float(err.max()) if err.numel() else 0.0,
         max_rel_error=float((err / denom).max()) if err.numel() else 0.0,
+        max_error_ratio=max(part.max_ratio() for part in (coords, probes) if part is not None),
         worst=worst,
         unused=item.unused,
         note="; ".join(notes) or None,

@@ -22,6 +22,7 @@ class CheckRow:
     passed: bool
     max_abs_error: float | None
     max_rel_error: float | None
+    max_error_ratio: float | None  # error / its tolerance; at most 1 passes (None in older reports)
     coordinates_checked: int
     numel: int
     coverage: str
@@ -35,8 +36,8 @@ class CheckRow:
 
 
 def check_rows(report: Mapping[str, Any]) -> list[CheckRow]:
-    """Parameters, inputs and second-order terms; failures first (largest relative error first), then the rest
-    in the report's order."""
+    """Parameters, inputs and second-order terms; failures first (furthest beyond their tolerance first), then the
+    rest in the report's order."""
     check = report.get("gradient_check") or {}
     rows: list[CheckRow] = []
     for key, kind in (("parameters", "parameter"), ("inputs", "input"), ("second_order", "second_order")):
@@ -45,7 +46,7 @@ def check_rows(report: Mapping[str, Any]) -> list[CheckRow]:
             rows.append(CheckRow(
                 kind=kind, name=str(item.get("name", "")), shape=list(item.get("shape") or []),
                 passed=bool(item.get("passed")), max_abs_error=item.get("max_abs_error"),
-                max_rel_error=item.get("max_rel_error"),
+                max_rel_error=item.get("max_rel_error"), max_error_ratio=item.get("max_error_ratio"),
                 coordinates_checked=int(item.get("coordinates_checked") or 0), numel=int(item.get("numel") or 0),
                 coverage=str(item.get("coverage") or ""), failed_coordinates=int(item.get("failed_coordinates") or 0),
                 worst_index=worst.get("index") if worst else None, worst_analytic=worst.get("analytic"),
@@ -53,7 +54,12 @@ def check_rows(report: Mapping[str, Any]) -> list[CheckRow]:
                 unused=bool(item.get("unused")), note=item.get("note"),
             ))
     order = {id(row): i for i, row in enumerate(rows)}
-    return sorted(rows, key=lambda r: (r.passed, -(r.max_rel_error or 0.0) if not r.passed else order[id(r)]))
+    return sorted(rows, key=lambda r: (r.passed, -_severity(r) if not r.passed else order[id(r)]))
+
+
+def _severity(row: CheckRow) -> float:
+    """How far a failing row is beyond its tolerance (relative error for reports without the ratio)."""
+    return row.max_error_ratio if row.max_error_ratio is not None else row.max_rel_error or 0.0
 
 
 @dataclass(frozen=True)

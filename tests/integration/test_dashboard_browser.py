@@ -173,8 +173,8 @@ def test_failed_run_names_the_faulty_module_and_draws_its_charts(page: Page, sit
 def test_check_table_sorts_by_a_clicked_column(page: Page, site: tuple[Flask, Seeded, str]) -> None:
     _, seeded, _ = site
     page.goto(f"/runs/{seeded.run('swish-bug').id}")
-    header = page.page.locator("#check-table th", has_text="Max rel error")
-    values_js = """t => Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[4].dataset.value))"""
+    header = page.page.locator("#check-table th", has_text="Error / tolerance")
+    values_js = """t => Array.from(t.tBodies[0].rows).map(r => parseFloat(r.cells[3].dataset.value))"""
     header.click()
     ascending = page.page.locator("#check-table").evaluate(values_js)
     assert ascending == sorted(ascending) and header.get_attribute("aria-sort") == "ascending"
