@@ -35,10 +35,16 @@ DEFAULTS: dict[str, Any] = {
     "RUNNER_MODE": "fork",  # fork: a preloaded runner forks one child per check; spawn: a fresh interpreter
     # The sandbox of Python model files (a fresh bubblewrap child each; JSON specs need none, see jobs/sandbox.py).
     "SANDBOX_ADDRESS_SPACE_BYTES": 8 * 1024**3,  # virtual memory of one model-file check, bytes
-    "SANDBOX_CPU_S": 3600,  # CPU seconds of one model-file check (all its threads), then SIGXCPU
-    "SANDBOX_PROCESSES": 256,  # processes and threads of the check's user id
+    "SANDBOX_CPU_S": 3600,  # CPU seconds of one model-file check: each process (SIGXCPU) and all together
+    "SANDBOX_PROCESSES": 256,  # processes and threads of the check (its user id, and its processes together)
     "SANDBOX_FILE_SIZE_BYTES": 256 * 1024**2,  # largest file the check may write (its stdout/stderr too), bytes
     "SANDBOX_OPEN_FILES": 512,  # open file descriptors
+    # Job-wide (all processes of one check together; cgroups, else a watchdog). None: sized for WORKER_CONCURRENCY
+    # checks at once -- 3/4 of the worker's memory and its CPUs less half a core, shared between them.
+    "SANDBOX_MEMORY_BYTES": None,  # memory of a check's processes together, bytes
+    "SANDBOX_CPU_CORES": None,  # CPU share of a check's processes together, cores
+    "WORKER_CONCURRENCY": 1,  # checks a worker runs at once (set by `worker --concurrency`)
+    "EMBEDDED_CONCURRENCY": 1,  # checks the embedded worker of `serve` runs at once
     "ALLOW_UNSANDBOXED_PYTHON": False,  # run model files even where the network cannot be isolated (not advised)
     "PAGE_SIZE": 50,  # default page size of run listings
     "MAX_PAGE_SIZE": 500,

@@ -151,8 +151,10 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, hostname: s
     if names == ["gpu"]:
         # One job per GPU: no pool processes; CUDA is only ever touched by the check child.
         argv += ["--pool", "solo"]
+        concurrency = 1
     else:
         argv += ["--pool", "prefork", "--concurrency", str(concurrency)]
+    os.environ["GRADCHECK_WORKER_CONCURRENCY"] = str(concurrency)  # sizes the job-wide sandbox limits
     if beat:
         argv += ["--beat", "--schedule", str(celery_app.conf.beat_schedule_filename)]
     celery_app.worker_main(argv)
@@ -184,6 +186,10 @@ def sandbox_check(as_json: bool) -> None:
         for name, value in isolation.as_dict().items():
             if isinstance(value, bool):
                 click.echo(f"{name:22} {'yes' if value else 'NO'}")
+        limits = sandbox.Limits.from_config(settings)
+        click.echo(f"{'job_limits':22} {isolation.job_limits}: memory {limits.memory_bytes / 2**30:.2f} GiB, "
+                   f"{limits.processes} processes, {limits.cpu_cores:g} cores, {limits.cpu_seconds} CPU seconds "
+                   "(all processes of a check together)")
         for note in isolation.notes:
             click.echo(f"note: {note}")
         click.echo("Python model files: " + ("run in the sandbox" if isolation.network_isolated else
@@ -195,10 +201,10 @@ def sandbox_check(as_json: bool) -> None:
 # --- serve -----------------------------------------------------------------------------------------------------
 
 
-def _embedded_worker() -> subprocess.Popen[bytes]:
+def _embedded_worker(concurrency: int) -> subprocess.Popen[bytes]:
     """The embedded mode's worker: the same command a user would run, as a child of ``serve``."""
     command = [sys.executable, "-m", "gradcheck_service.service_cli", "worker", "--queues", "cpu,gpu",
-               "--concurrency", "1", "--beat", "--loglevel", "WARNING"]
+               "--concurrency", str(concurrency), "--beat", "--loglevel", "WARNING"]
     return subprocess.Popen(command, start_new_session=True)
 
 
@@ -247,7 +253,7 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
         _fail(f"cannot migrate the database {_safe_url(settings['DATABASE_URL'])}: {type(exc).__name__}: {exc}")
     if embedded is None:
         embedded = service_config.is_embedded(settings)
-    worker_proc = _embedded_worker() if embedded else None
+    worker_proc = _embedded_worker(int(settings["EMBEDDED_CONCURRENCY"])) if embedded else None
     if worker_proc is not None:
         _stop_server_if_worker_dies(worker_proc)
     mode = "embedded worker on " + settings["DATA_DIR"] if embedded else "API only"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import runner
-from . import sandbox
+from . import jobgroup, sandbox
 from .containment import classify_exit
 
 # Variables passed through to the child; everything else is dropped.
@@ -159,7 +159,7 @@ class SpawnLauncher:
         with (job_dir / "stdout.txt").open("wb") as out, (job_dir / "stderr.txt").open("wb") as err:
             proc = self.start(job_dir, out, err)
         try:
-            status = _watch(proc.pid, job_dir, timeout_s, on_progress, heartbeat_s, lambda t: _waited(proc, t),
+            status = _watch(proc.pid, job_dir, timeout_s, on_progress, heartbeat_s, lambda t: self.wait_end(proc, t),
                             lambda _pid: self.stop(proc))
         finally:
             if proc.poll() is None:
@@ -167,6 +167,10 @@ class SpawnLauncher:
             proc.wait()
         _kill_group(proc.pid)  # anything the check left behind in its group
         return _finish(status, job_dir, max_bytes, timeout_s, proc.returncode, self.sandboxed, self.limits)
+
+    def wait_end(self, proc: subprocess.Popen[bytes], seconds: float) -> bool:
+        """Wait up to ``seconds`` for the check to end; True once it has."""
+        return _waited(proc, seconds)
 
     def close(self) -> None:
         pass
@@ -177,6 +181,10 @@ class SandboxedLauncher(SpawnLauncher):
 
     Killing the process group of the outer ``bwrap`` takes everything down: the inner one dies with its parent
     (``--die-with-parent``), and the end of a PID namespace's first process ends every process in it.
+
+    The whole job runs in a :class:`~.jobgroup.JobGroup` (job-wide memory, processes and CPU), created before the
+    job starts and read every :data:`~.jobgroup.POLL_S` seconds while it runs; past one of its limits the job is
+    ended and the run's error names that limit.
     """
 
     sandboxed = True
@@ -187,20 +195,58 @@ class SandboxedLauncher(SpawnLauncher):
         self.isolation = isolation
         self.limits = asdict(limits)
         self.first_pid: int | None = None  # the sandbox's PID 1 (bubblewrap's own init), as the host sees it
+        self.group: jobgroup.JobGroup | None = None
+        self.breach: jobgroup.Breach | None = None
+
+    def run(self, job_dir: Path, timeout_s: float, on_progress: Progress, *, heartbeat_s: float,
+            max_bytes: int) -> Outcome:
+        self.group = jobgroup.open_group(self.isolation.job_limits, job_dir.name, self.sandbox_limits.job())
+        self.breach = None
+        try:
+            outcome = super().run(job_dir, timeout_s, on_progress, heartbeat_s=heartbeat_s, max_bytes=max_bytes)
+            # A limit may show only after the end (the memory limit's OOM killer took the runner itself).
+            breach = self.breach or self.group.check()
+        finally:
+            self.group.remove()
+            self.group = None
+        if breach is not None and (outcome.result is None or "error" in outcome.result):
+            outcome = Outcome(error_code=breach.code, error=breach.message, stderr_tail=outcome.stderr_tail)
+        return outcome
+
+    def wait_end(self, proc: subprocess.Popen[bytes], seconds: float) -> bool:
+        """Wait for the check, reading the job-wide figures every ``POLL_S`` seconds; past a limit the whole job
+        is killed at once."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if _waited(proc, max(0.0, min(jobgroup.POLL_S, deadline - time.monotonic()))):
+                return True
+            if self.group is not None and (breach := self.group.check()) is not None:
+                self.breach = breach
+                self.group.kill()
+                self.stop(proc)
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def start(self, job_dir: Path, out: IO[bytes], err: IO[bytes]) -> subprocess.Popen[bytes]:
         if not self.isolation.bubblewrap:
             self.first_pid = None
-            return super().start(job_dir, out, err)
+            proc = super().start(job_dir, out, err)
+            if self.group is not None:
+                self.group.started(proc.pid)
+            return proc
         read_end, write_end = os.pipe()
         argv = self.command(job_dir)
-        argv[1:1] = ["--info-fd", str(write_end)]  # argv[0] is bwrap
+        at = argv.index("bwrap") + 1  # after the job group's prefix
+        argv[at:at] = ["--info-fd", str(write_end)]
         try:
             proc = subprocess.Popen(argv, cwd=job_dir, env=self.prepare(job_dir), stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=err, start_new_session=True, close_fds=True,
                                     pass_fds=(write_end,))
         finally:
             os.close(write_end)
+        if self.group is not None:
+            self.group.started(proc.pid)
         self.first_pid = _read_first_pid(read_end)
         return proc
 
@@ -215,7 +261,8 @@ class SandboxedLauncher(SpawnLauncher):
         _kill_group(proc.pid)
 
     def command(self, job_dir: Path) -> list[str]:
-        return sandbox.wrap(super().command(job_dir), job_dir, self.sandbox_limits, self.isolation)
+        prefix = self.group.enter_argv() if self.group is not None else []
+        return prefix + sandbox.wrap(super().command(job_dir), job_dir, self.sandbox_limits, self.isolation)
 
     def prepare(self, job_dir: Path) -> dict[str, str]:
         job_file = job_dir / runner.JOB

@@ -14,6 +14,9 @@ Layers, outermost first::
     prlimit   address space, CPU seconds (a soft limit sending SIGXCPU, then SIGKILL 5 s later), processes
               (threads count), file size, open files
 
+Around all of them the launcher starts the job in a :class:`~.jobgroup.JobGroup` (a cgroup where the worker may
+create one, else a watchdog): memory, processes and CPU of the job's processes together.
+
 The network namespace has only a loopback interface with nothing listening, so there is no route to the
 database, the broker or the API. The environment is already scrubbed by the launcher; with a PID namespace
 ``/proc/1/environ`` is bubblewrap's own (scrubbed) environment.
@@ -24,6 +27,7 @@ are refused unless the operator sets ``GRADCHECK_ALLOW_UNSANDBOXED_PYTHON=1``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -35,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import jobgroup
+
 NOBODY = 65534  # kept for callers that want the conventional unprivileged user
 UID_BASE = 1_200_000  # reserved range of user ids for check children; no account owns them
 UID_SPAN = 100_000
@@ -44,24 +50,59 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one check child (bytes and seconds)."""
+    """Resource limits of one check (bytes and seconds). ``processes`` and ``cpu_seconds`` hold per process
+    (prlimit) and for the job's processes together; ``memory_bytes`` and ``cpu_cores`` only for the job together
+    (see :mod:`.jobgroup`)."""
 
     address_space_bytes: int = 8 * 2**30
     cpu_seconds: int = 900
     processes: int = 256
     file_size_bytes: int = 256 * 2**20
     open_files: int = 512
+    memory_bytes: int = 4 * 2**30
+    cpu_cores: float = 1.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Limits:
-        """The limits set by the ``GRADCHECK_SANDBOX_*`` settings (see :data:`gradcheck_service.config.DEFAULTS`)."""
+        """The limits set by the ``GRADCHECK_SANDBOX_*`` settings (see :data:`gradcheck_service.config.DEFAULTS`);
+        job memory and CPU share left unset are sized for ``GRADCHECK_WORKER_CONCURRENCY`` jobs at once."""
+        jobs = max(1, int(config.get("WORKER_CONCURRENCY") or 1))
+        memory, cores = config.get("SANDBOX_MEMORY_BYTES"), config.get("SANDBOX_CPU_CORES")
         return cls(
             address_space_bytes=int(config["SANDBOX_ADDRESS_SPACE_BYTES"]),
             cpu_seconds=int(config["SANDBOX_CPU_S"]),
             processes=int(config["SANDBOX_PROCESSES"]),
             file_size_bytes=int(config["SANDBOX_FILE_SIZE_BYTES"]),
             open_files=int(config["SANDBOX_OPEN_FILES"]),
+            memory_bytes=int(memory) if memory else default_job_memory(jobs),
+            cpu_cores=float(cores) if cores else default_cpu_cores(jobs),
         )
+
+    def job(self) -> jobgroup.JobLimits:
+        return jobgroup.JobLimits(memory_bytes=self.memory_bytes, processes=self.processes,
+                                  cpu_cores=self.cpu_cores, cpu_seconds=self.cpu_seconds)
+
+
+def _machine_memory() -> int:
+    """Bytes of memory this worker may use: the machine's, or its container's limit where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(path).read_text()))
+    return total
+
+
+def default_job_memory(jobs: int) -> int:
+    """Three quarters of the worker's memory shared by ``jobs`` checks at once (the rest for the worker, the
+    database and the page cache), in whole 256 MiB."""
+    share = _machine_memory() * 3 // 4 // jobs
+    return max(2**28, share // 2**28 * 2**28)
+
+
+def default_cpu_cores(jobs: int) -> float:
+    """The worker's CPUs less half a core for the worker itself, shared by ``jobs`` checks at once."""
+    cpus = len(os.sched_getaffinity(0))
+    return round(max(0.25, (cpus - 0.5) / jobs), 2)
 
 
 @dataclass(frozen=True)
@@ -75,6 +116,7 @@ class Isolation:
     unprivileged_user: bool
     rlimits: bool
     notes: list[str] = field(default_factory=list)
+    job_limits: str = "watchdog"  # how a job's processes are limited together: cgroup-v2, cgroup-v1 or watchdog
 
     @property
     def network_isolated(self) -> bool:
@@ -237,6 +279,8 @@ def self_test() -> Isolation:
     if error:
         notes.append(f"the sandbox probe failed: {error}")
     bubblewrap = claimed.bubblewrap and not error
+    job_limits, job_notes = jobgroup.detect()
+    notes += job_notes if job_limits == "watchdog" else []
     return Isolation(
         bubblewrap=bubblewrap,
         network_namespace=bubblewrap and seen.get("network", False),
@@ -245,6 +289,7 @@ def self_test() -> Isolation:
         unprivileged_user=drops_privileges(claimed) and seen.get("user", False),
         rlimits=has_prlimit and seen.get("rlimits", False),
         notes=notes,
+        job_limits=job_limits,
     )
 
 
