@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -66,6 +67,7 @@ def check_command(
 ) -> None:
     """Check the model in PATH (a .py model file or a .json spec) against finite differences."""
     from .checks.working_copy import CheckError
+    from .ci.config import ConfigError
     from .definitions import DefinitionError, load_definition
 
     try:
@@ -74,13 +76,13 @@ def check_command(
         from .options import CheckOptions
 
         opts = CheckOptions(**options)
-        definition = load_definition(path)
+        definition = load_definition(path, import_roots())
         from .checks.engine import check
 
         with progress_display(enabled=not as_json and sys.stderr.isatty()) as progress:
             report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
                            name=definition.name, options=opts)
-    except (DefinitionError, CheckError, click.BadParameter, ValidationError, OSError) as exc:
+    except (DefinitionError, CheckError, ConfigError, click.BadParameter, ValidationError, OSError) as exc:
         if debug:
             traceback.print_exc()
         click.echo(f"error: {one_line(exc)}", err=True)
@@ -92,6 +94,17 @@ def check_command(
 
         click.echo(render_report(report))
     sys.exit(EXIT_PASSED if report.passed else EXIT_FAILED)
+
+
+def import_roots() -> list[Path]:
+    """The current directory (the repository root) and the `pythonpath` of its gradcheck configuration, if any:
+    a model file imports the repository's modules from there, as in ``ci``."""
+    from .ci.config import find_config, load_config
+
+    root = Path.cwd().resolve()
+    if find_config(root) is None:
+        return [root]
+    return [*load_config(directory=root).pythonpath, root]
 
 
 def one_line(exc: BaseException) -> str:

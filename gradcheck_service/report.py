@@ -94,6 +94,8 @@ class ModuleCheck(_Model):
     probes: int
     blamed: bool = Field(description="The smallest failing module on its path: named as faulty.")
     detail: str | None = None
+    defined_in: str | None = Field(None, description="The Python module defining the module's class, e.g. "
+                                   "'mylib.layers' (None for torch's own classes and for older reports).")
 
 
 class Localization(_Model):

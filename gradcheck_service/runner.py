@@ -90,6 +90,34 @@ def _contained(exc: BaseException, job_dir: Path, job: dict[str, Any]) -> dict[s
     return _error(*found) if found else None
 
 
+def _missing_package(exc: Exception, local_dirs: list[Path]) -> dict[str, Any] | None:
+    """The ``missing_package`` error when the model imports a module that is neither in the submitted files nor
+    installed here: it names the module, says what this environment has, and where to list it."""
+    from .definitions.pyfile import MissingModuleError
+    from .environment import installed_packages
+
+    if not isinstance(exc, MissingModuleError):
+        return None
+    top = exc.module.split(".")[0]
+    if any((d / top).exists() or (d / f"{top}.py").exists() for d in local_dirs):
+        return None  # a module of the submitted repository: the import error itself says what is wrong
+    packages = installed_packages()
+    shown = ", ".join(f"{name} {version}" for name, version in list(packages.items())[:12])
+    return _error("missing_package", f"the model imports '{exc.module}', which is neither among the submitted "
+                  f"files nor installed on this worker ({exc.message}). This worker has {len(packages)} packages "
+                  f"({shown}{', ...' if len(packages) > 12 else ''}); GET /api/v1/environment lists them all. A "
+                  "module of your repository that is imported by name at run time must be listed in `include`.",
+                  module=exc.module)
+
+
+def _without_job_dir(result: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    """File names in an error as the user knows them: ``mylib/layers.py``, not the job directory's copy."""
+    text = json.dumps(result)
+    for folder in ("repository", "definition"):
+        text = text.replace(json.dumps(f"{job_dir / folder}/")[1:-1], "")
+    return dict(json.loads(text))
+
+
 def _read_job(job_dir: Path) -> dict[str, Any]:
     job = json.loads((job_dir / JOB).read_text())
     return job if isinstance(job, dict) else {}
@@ -110,12 +138,16 @@ def execute(job_dir: Path) -> dict[str, Any]:
         options = CheckOptions.model_validate(job.get("options") or {})
     except ValidationError as exc:
         return _error("invalid_options", str(exc))
+    import_paths = [job_dir / p for p in job.get("pythonpath") or []]
     try:
-        definition = load_definition(str(job_dir / job["definition"]))
+        definition = load_definition(str(job_dir / job["definition"]), import_paths)
     except DefinitionError as exc:
         contained = _contained(exc, job_dir, job)
         if contained:
             return contained
+        missing = _missing_package(exc, [(job_dir / job["definition"]).parent, *import_paths])
+        if missing:
+            return missing
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
         return _error("invalid_definition", str(exc), problems=problems)
     try:
@@ -150,6 +182,8 @@ def run_job(job_dir: Path) -> int:
             result = _contained(exc, job_dir, _read_job(job_dir)) or result
     if os.getpid() != main_pid:  # a process the model forked came back through here: only the runner reports
         os._exit(EXIT_ERROR)
+    if "error" in result:
+        result = _without_job_dir(result, job_dir)
     try:
         _write_json(job_dir / RESULT, result)
     except ValueError:  # NaN/Inf slipped into the report: keep it readable rather than lose it

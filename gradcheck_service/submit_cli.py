@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from .ci.bundle import Bundle, bundle
 from .ci.client import ServiceClient, ServiceError
 
 EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ERROR = 0, 1, 2, 3
@@ -56,11 +57,18 @@ def _describe(run: dict[str, Any]) -> str:
 @click.option("--label", "labels", multiple=True, help="Repeatable.")
 @click.option("--timeout", type=float, default=None, help="Wall-time limit of the check, seconds.")
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between status polls.")
+@click.option("--include", "include", multiple=True, help="A repository file or glob to send with a .py model "
+              "file besides the ones it imports (repeatable).")
 def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool, mode: str | None,
            device: str | None, order: str | None, seed: int | None, options_json: str | None, name: str | None,
            repo: str | None, branch: str | None, commit: str | None, labels: tuple[str, ...],
-           timeout: float | None, poll: float) -> None:
-    """Submit PATH (a .py model file or a .json spec) to a gradcheck-service server."""
+           timeout: float | None, poll: float, include: tuple[str, ...]) -> None:
+    """Submit PATH (a .py model file or a .json spec) to a gradcheck-service server.
+
+    A .py file is sent with the repository files it imports, as an archive rooted at the repository: the folder
+    of gradcheck.toml / pyproject.toml's [tool.gradcheck] in the current directory (whose `pythonpath` applies),
+    else the current directory.
+    """
 
     def bad(message: str) -> None:
         click.echo(f"error: {message}", err=True)
@@ -86,8 +94,14 @@ def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool
     if timeout:
         metadata["timeout_s"] = timeout
     client = ServiceClient(server, str(token))
+    files = None
+    if path.suffix.lower() == ".py":
+        try:
+            files = _bundle(path, include)
+        except (ValueError, OSError) as exc:
+            bad(str(exc))
     try:
-        created = client.create(path, options, metadata)
+        created = client.create(path, options, metadata, files)
         if not wait:
             click.echo(json.dumps(created) if as_json else created["id"])
             return
@@ -97,6 +111,25 @@ def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool
         return
     click.echo(json.dumps(run, indent=2) if as_json else _describe(run))
     sys.exit({"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(run["status"], EXIT_ERROR))
+
+
+def _bundle(path: Path, include: tuple[str, ...]) -> Bundle:
+    """The archive of ``path`` and its repository imports (``ValueError`` naming the problem)."""
+    from .ci.config import ConfigError, find_config, load_config
+
+    root, pythonpath = Path.cwd().resolve(), []
+    if find_config(root) is not None:
+        try:  # for its `pythonpath`; a broken configuration is reported rather than silently ignored
+            pythonpath = load_config(directory=root).pythonpath
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    files: list[Path] = []
+    for pattern in include:
+        matched = sorted(p for p in root.glob(pattern) if p.is_file()) if not Path(pattern).is_absolute() else []
+        if not matched:
+            raise ValueError(f"--include {pattern}: matches no file under {root}")
+        files += matched
+    return bundle(path, root, pythonpath, files)
 
 
 def _wait(client: ServiceClient, run_id: str, poll: float, show: bool) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from gradcheck_service.app import create_app
 from gradcheck_service.extensions import REAP_TASK, RUN_TASK, store
 from gradcheck_service.jobs.execute import close_launcher
 from gradcheck_service.store import retry
-from gradcheck_service.store.lifecycle import mark_received
+from gradcheck_service.store.lifecycle import mark_received, record_worker_environment
 
 from . import tasks  # noqa: F401  (registers the tasks)
 
@@ -73,3 +73,14 @@ def _note_receipt(request: Any = None, **_: Any) -> None:
 def _reap_at_start(sender: Any = None, **_: Any) -> None:
     """Look for runs orphaned while no worker was up, without waiting for the first beat tick."""
     celery_app.send_task(REAP_TASK)
+
+
+@worker_ready.connect
+def _record_environment(sender: Any = None, **_: Any) -> None:
+    """Note the packages this worker provides (``GET /api/v1/environment``); never stops the worker."""
+    try:
+        queues = sorted(q.name for q in sender.task_consumer.queues) if sender is not None else []
+        with store.new_session() as session:
+            record_worker_environment(session, str(getattr(sender, "hostname", socket.gethostname())), queues)
+    except Exception as exc:
+        log.warning("could not record this worker's environment: %s", exc)

@@ -37,4 +37,4 @@ def openapi_document() -> ResponseReturnValue:
     return jsonify(build_document(current_app))
 
 
-from . import runs  # noqa: E402,F401  (registers the routes on bp)
+from . import environment, runs  # noqa: E402,F401  (registers the routes on bp)

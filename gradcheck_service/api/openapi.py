@@ -14,6 +14,7 @@ from flask import Flask
 from pydantic import BaseModel
 
 from .. import __version__
+from ..definitions import archive
 
 F = TypeVar("F", bound=Callable[..., Any])
 _REF = "#/components/schemas/{model}"
@@ -88,10 +89,24 @@ def build_document(app: Flask) -> dict[str, Any]:
                 content: dict[str, Any] = {"application/json": {"schema": schemas.ref(meta["body"])}}
                 if meta["multipart"]:
                     content["multipart/form-data"] = {"schema": {
-                        "type": "object", "required": ["model"],
+                        "type": "object",
+                        "description": "Either 'model' (one file) or 'archive' with 'entry' (a repository's "
+                                       "model code).",
                         "properties": {
                             "model": {"type": "string", "format": "binary",
                                       "description": "A .py model file or a .json spec."},
+                            "archive": {"type": "string", "format": "binary",
+                                        "description": "A zip or gzip-compressed tar of the check file and the "
+                                                       "repository files it imports: regular UTF-8 text files "
+                                                       "with relative paths (no '..', no links), at most "
+                                                       f"{archive.MAX_FILES} files, "
+                                                       f"{archive.MAX_FILE_BYTES:,} bytes each and "
+                                                       f"{archive.MAX_TOTAL_BYTES:,} bytes in all once unpacked."},
+                            "entry": {"type": "string", "description": "With 'archive': the path of the .py check "
+                                      "file inside it (it defines build())."},
+                            "pythonpath": {"type": "string", "description": "With 'archive': JSON list of its "
+                                           "directories the repository's modules are imported from, e.g. "
+                                           "[\"src\"]; the archive's root is always one."},
                             "options": {"type": "string", "description": "JSON text of CheckOptions."},
                             "metadata": {"type": "string", "description": "JSON text of RunMetadata."},
                         },

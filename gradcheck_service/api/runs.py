@@ -17,7 +17,7 @@ from ..extensions import RUN_TASK, queue_for_device, store
 from ..store import queries
 from ..store.compare import compare_runs
 from ..store.lifecycle import fail_run
-from ..store.models import Run, RunLabel, RunReport
+from ..store.models import Run, RunFile, RunLabel, RunReport
 from . import bp
 from .errors import ApiError, validation_error
 from .limits import check_queue_quota
@@ -82,7 +82,8 @@ def submit_run() -> ResponseReturnValue:
     check_queue_quota(session, g.project_id, current_app.config.get("MAX_QUEUED_PER_PROJECT"))
     run = Run(
         project_id=g.project_id, status="queued", model_name=submission.name, model_hash=submission.model_hash,
-        definition_kind=submission.kind, definition=submission.source,
+        definition_kind=submission.kind, definition=submission.source, layout=submission.layout,
+        files=[RunFile(path=path, content=text) for path, text in (submission.files or {}).items()],
         options=submission.options.model_dump(mode="json"), git_repo=submission.metadata.git.repo,
         git_branch=submission.metadata.git.branch, git_commit=submission.metadata.git.commit, device=device,
         queue=queue_for_device(device), timeout_s=timeout_s,
@@ -117,11 +118,18 @@ def get_run(run_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/runs/<run_id>/definition")
-@documented("The definition as submitted (JSON spec or Python source)", responses={200: Definition, 404: ErrorOut})
+@documented("The definition as submitted (JSON spec, Python source, or every file of a repository archive)",
+            responses={200: Definition, 404: ErrorOut})
 def get_definition(run_id: str) -> ResponseReturnValue:
+    """``source`` is the spec, the model file or the archive's check file; for an archive, ``entry`` names the
+    check file, ``pythonpath`` its import roots and ``files`` holds every file with its content."""
     run = _scoped_run(run_id)
-    return jsonify({"kind": run.definition_kind, "name": run.model_name, "hash": run.model_hash,
-                    "source": run.definition})
+    body: dict[str, Any] = {"kind": run.definition_kind, "name": run.model_name, "hash": run.model_hash,
+                            "source": run.definition}
+    if run.layout:
+        body.update(entry=run.layout.get("entry"), pythonpath=run.layout.get("pythonpath"),
+                    files=[{"path": f.path, "source": f.content} for f in run.files])
+    return jsonify(body)
 
 
 @bp.delete("/runs/<run_id>")

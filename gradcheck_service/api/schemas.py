@@ -142,11 +142,20 @@ class ModelList(BaseModel):
     models: list[ModelOut]
 
 
+class DefinitionFile(BaseModel):
+    path: str = Field(description="Relative path in the repository archive.")
+    source: str
+
+
 class Definition(BaseModel):
     kind: Literal["spec", "python"]
     name: str
     hash: str
-    source: str
+    source: str = Field(description="The spec, the model file, or an archive's check file.")
+    entry: str | None = Field(None, description="Repository archive only: the check file's path.")
+    pythonpath: list[str] | None = Field(None, description="Repository archive only: its import roots "
+                                         "('.' is the archive's root).")
+    files: list[DefinitionFile] | None = Field(None, description="Repository archive only: every file.")
 
 
 class Change(BaseModel):
@@ -179,3 +188,20 @@ class ErrorOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, Any] = Field(default_factory=dict)
+
+
+class Package(BaseModel):
+    name: str
+    version: str
+
+
+class WorkerEnvironmentOut(BaseModel):
+    worker: str = Field(description="The worker's Celery node name.")
+    queues: list[str]
+    python: str
+    started_at: dt.datetime = Field(description="When the worker last started and recorded its packages.")
+    packages: list[Package]
+
+
+class EnvironmentOut(BaseModel):
+    workers: list[WorkerEnvironmentOut]

@@ -18,6 +18,7 @@ from flask import Request
 from pydantic import BaseModel, ValidationError
 
 from ..definitions import DefinitionError
+from ..definitions.archive import ArchiveError, member_path, read_archive
 from ..definitions.loader import parse_spec_text
 from ..definitions.shapes import infer
 from ..definitions.spec import json_path, parse_spec
@@ -83,14 +84,19 @@ def _decode_json(raw: str | bytes, where: str) -> Any:
 @dataclass
 class Submission:
     kind: str  # "spec" or "python"
-    source: str  # the spec's JSON text or the Python source
+    source: str  # the spec's JSON text or the Python source (of an archive: its check file)
     name: str
     options: CheckOptions
     metadata: RunMetadata
+    files: dict[str, str] | None = None  # a repository archive's files, by relative path
+    layout: dict[str, Any] | None = None  # of an archive: {"entry", "pythonpath"}
 
     @property
     def model_hash(self) -> str:
-        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+        if self.files is None:
+            return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+        whole = json.dumps({"layout": self.layout, "files": self.files}, sort_keys=True)
+        return hashlib.sha256(whole.encode("utf-8")).hexdigest()
 
 
 def _pydantic_problems(exc: ValidationError, prefix: list[str | int]) -> Problems:
@@ -148,11 +154,17 @@ def _form_json(request: Request, field: str, model: type[BaseModel], problems: P
 
 def _from_multipart(request: Request) -> Submission:
     problems: Problems = []
-    unknown = (sorted(str(name) for name in set(request.form) - {"options", "metadata"})
-               + sorted(str(name) for name in set(request.files) - {"model"}))
-    problems.extend((name, f"unknown form field '{name}' (expected model, options, metadata)") for name in unknown)
+    unknown = (sorted(str(name) for name in set(request.form) - {"options", "metadata", "entry", "pythonpath"})
+               + sorted(str(name) for name in set(request.files) - {"model", "archive"}))
+    problems.extend((name, f"unknown form field '{name}' (expected model or archive, entry, pythonpath, options, "
+                     "metadata)") for name in unknown)
     options = _form_json(request, "options", CheckOptions, problems)
     metadata = _form_json(request, "metadata", RunMetadata, problems)
+    if "archive" in request.files:
+        return _from_archive(request, options, metadata, problems)
+    for field in ("entry", "pythonpath"):
+        if field in request.form:
+            problems.append((field, f"'{field}' belongs with an 'archive' file field"))
     upload = request.files.get("model")
     if upload is None:
         raise validation_error([("model", "missing file field 'model' (a .py model file or a .json spec)")])
@@ -188,6 +200,56 @@ def _from_multipart(request: Request) -> Submission:
         raise validation_error(problems)
     name = metadata.name or spec_name or PurePath(filename).stem or "model"
     return Submission(kind or "spec", source, name, options, metadata)
+
+
+def _pythonpath(raw: str | None, files: dict[str, str], problems: Problems) -> list[str]:
+    """The archive's import roots ("." is its root, always included), each a directory of the archive."""
+    if raw is None or not raw.strip():
+        return ["."]
+    try:
+        values = json.loads(raw)
+    except ValueError:
+        values = None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        problems.append(("pythonpath", 'expected a JSON list of directories of the archive, e.g. ["src"]'))
+        return ["."]
+    directories = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
+    roots: list[str] = []
+    for index, value in enumerate(values[:20]):
+        path = "." if value.strip("/") in ("", ".") else member_path(value.rstrip("/"))
+        if path is None or (path != "." and path not in directories):
+            problems.append((f"pythonpath[{index}]", f"{value!r} is not a directory of the archive"))
+        elif path not in roots:
+            roots.append(path)
+    return [*roots, "."] if "." not in roots else roots
+
+
+def _from_archive(request: Request, options: Any, metadata: Any, problems: Problems) -> Submission:
+    """A repository archive (zip or tar.gz, field ``archive``) and the path of its check file (field ``entry``)."""
+    if "model" in request.files:
+        raise validation_error([("model", "send either a 'model' file or an 'archive', not both")])
+    try:
+        files = read_archive(request.files["archive"].read())
+    except ArchiveError as exc:
+        raise validation_error([(f"archive:{path}" if path else "archive", message)
+                                for path, message in exc.problems]) from None
+    entry = member_path(request.form.get("entry", "").strip())
+    if entry is None:
+        raise validation_error([("entry", "required with an archive: the path of the .py check file inside it")])
+    if entry not in files:
+        raise validation_error([("entry", f"{entry}: not in the archive")])
+    if not entry.endswith(".py"):
+        raise validation_error([("entry", f"{entry}: expected a .py check file")])
+    unstorable = [(f"archive:{path}", why) for path, text in files.items() if (why := text_problem(text))]
+    if unstorable:
+        raise validation_error(unstorable)
+    pythonpath = _pythonpath(request.form.get("pythonpath"), files, problems)
+    problems.extend(_python_problems(files[entry], f"archive:{entry}"))
+    if problems:
+        raise validation_error(problems)
+    name = metadata.name or PurePath(entry).stem
+    return Submission("python", files[entry], name, options, metadata, files=files,
+                      layout={"entry": entry, "pythonpath": pythonpath})
 
 
 def _from_json(request: Request) -> Submission:

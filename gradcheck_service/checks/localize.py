@@ -143,8 +143,14 @@ def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> Modul
     return ModuleCheck(
         module=rec.name, type=type(rec.module).__name__, call=rec.call, passed=not failures,
         max_abs_error=worst_abs, max_rel_error=worst_rel, probes=probes, blamed=False,
-        detail="; ".join(failures) or None,
+        detail="; ".join(failures) or None, defined_in=_defined_in(rec.module),
     )
+
+
+def _defined_in(module: torch.nn.Module) -> str | None:
+    """Where the module's class comes from, so a failure names the repository file to open; None for torch's."""
+    name = type(module).__module__
+    return None if name == "torch" or name.startswith("torch.") else name
 
 
 def _f64(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

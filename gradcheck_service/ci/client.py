@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .bundle import Bundle
+
 
 class ServiceError(Exception):
     """A request that failed; ``status`` is the HTTP status, or None when the server could not be reached."""
@@ -52,14 +54,21 @@ class ServiceClient:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise ServiceError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
 
-    def submit(self, path: Path, options: dict[str, Any], metadata: dict[str, Any]) -> str:
-        """Submit a model file or spec; returns the new run's id."""
-        return str(self.create(path, options, metadata)["id"])
+    def submit(self, path: Path, options: dict[str, Any], metadata: dict[str, Any],
+               files: Bundle | None = None) -> str:
+        """Submit a model file or spec (or a repository archive); returns the new run's id."""
+        return str(self.create(path, options, metadata, files)["id"])
 
-    def create(self, path: Path, options: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
-        """Submit a model file or spec; returns the server's answer (id, status, queue, url)."""
-        body, content_type = multipart({"options": json.dumps(options), "metadata": json.dumps(metadata)},
-                                       "model", path)
+    def create(self, path: Path, options: dict[str, Any], metadata: dict[str, Any],
+               files: Bundle | None = None) -> dict[str, Any]:
+        """Submit ``path`` alone, or the archive ``files`` holding it; returns the server's answer (id, status,
+        queue, url)."""
+        fields = {"options": json.dumps(options), "metadata": json.dumps(metadata)}
+        if files is None:
+            body, content_type = multipart(fields, "model", path.name, path.read_bytes())
+        else:
+            fields |= {"entry": files.entry, "pythonpath": json.dumps(list(files.pythonpath))}
+            body, content_type = multipart(fields, "archive", "repository.zip", files.archive)
         return dict(self.request("POST", "/runs", body, content_type))
 
     def run(self, run_id: str) -> dict[str, Any]:
@@ -72,14 +81,14 @@ class ServiceClient:
         return self.run(runs[0]["id"]) if runs else None
 
 
-def multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
-    """A multipart/form-data body with text ``fields`` and the file at ``path``; returns (body, content type)."""
+def multipart(fields: dict[str, str], file_field: str, filename: str, content: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with text ``fields`` and one file; returns (body, content type)."""
     boundary = uuid.uuid4().hex
     parts: list[bytes] = []
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{path.name}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 

@@ -33,7 +33,7 @@ from ..options import CheckOptions
 
 CONFIG_FILES = ("gradcheck.toml", "pyproject.toml")
 # Keys of a model entry that belong to CI; every other key is a CheckOptions field.
-_ENTRY_KEYS = {"path", "name", "labels", "timeout", "memory_budget", "fail_on"}
+_ENTRY_KEYS = {"path", "name", "labels", "timeout", "memory_budget", "fail_on", "include"}
 CiFailOn = Literal["regression"]
 
 
@@ -70,11 +70,15 @@ class ModelEntry(BaseModel):
     timeout_s: float | None = None
     options: CheckOptions
     fail_on_regression: bool = False
+    include: list[Path] = Field(default_factory=list, description="Repository files sent with a .py model file "
+                                "besides the ones it imports (absolute paths, from the `include` globs).")
 
 
 class CiConfig(BaseModel):
     source: Path = Field(description="The file the configuration came from.")
     models: list[ModelEntry]
+    pythonpath: list[Path] = Field(default_factory=list, description="Absolute directories the repository's "
+                                   "modules are imported from, besides its root (e.g. src/).")
     base_branch: str | None = None
     server: str | None = None
     junit: str | None = None
@@ -85,7 +89,8 @@ class CiConfig(BaseModel):
 
 
 class _RawConfig(_Table):
-    models: Annotated[list[dict[str, Any]], Field(min_length=1)]
+    models: Annotated[list[Any], Field(min_length=1)]
+    pythonpath: list[str] = Field(default_factory=list)
     defaults: dict[str, Any] = Field(default_factory=dict)
     base_branch: str | None = None
     server: str | None = None
@@ -146,11 +151,12 @@ def _entry(raw: dict[str, Any], defaults: dict[str, Any], root: Path, where: str
     except ValidationError as exc:
         problems.extend(_problems(_refer_to_file(exc.errors(), kept), where,
                                   {**spelled, "memory_budget_bytes": spelled.get("memory_budget", "")}))
+    include = _include(values.get("include", []), root, f"{where}.include")
     name = values.get("name") or path.stem
     try:
         entry = ModelEntry(path=path, name=name, labels=values.get("labels", []), timeout_s=values.get("timeout"),
                            options=options if not problems else CheckOptions(),
-                           fail_on_regression="regression" in fail_on)
+                           fail_on_regression="regression" in fail_on, include=include)
     except ValidationError as exc:
         problems.extend(_problems(exc.errors(), where, {"timeout_s": spelled.get("timeout", "timeout")}))
     if problems:
@@ -223,13 +229,47 @@ def _validate(source: Path, table: dict[str, Any], prefix: str) -> CiConfig:
     except ValidationError as exc:
         raise ConfigError("; ".join(_problems(exc.errors(), prefix))) from None
     root = source.parent.resolve()
+    pythonpath = []
+    for i, entry in enumerate(raw.pythonpath):
+        directory = (root / entry).resolve()
+        if Path(entry).is_absolute() or not directory.is_relative_to(root):
+            raise ConfigError(f"{prefix}.pythonpath[{i}]: {entry}: must be a directory inside the repository")
+        if not directory.is_dir():
+            raise ConfigError(f"{prefix}.pythonpath[{i}]: {entry}: no such directory (relative to {root})")
+        pythonpath.append(directory)
     models = []
     for i, item in enumerate(raw.models):
-        models.append(_entry(item, raw.defaults, root, f"{prefix}.models[{i}]"))
+        where = f"{prefix}.models[{i}]"
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a path such as \"models/encoder.py\" or a table with a `path` "
+                              f"key, not {_toml_type(item)}")
+        models.append(_entry(item, raw.defaults, root, where))
     names = [m.name for m in models]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise ConfigError(f"{prefix}.models: two models are named {duplicate!r}; give one a distinct `name`")
     return CiConfig(source=source.resolve(), models=models, base_branch=raw.base_branch, server=raw.server,
-                    junit=raw.junit, summary=raw.summary, report_dir=raw.report_dir,
+                    junit=raw.junit, summary=raw.summary, report_dir=raw.report_dir, pythonpath=pythonpath,
                     fail_on_regression="regression" in raw.fail_on, regression=raw.regression)
+
+
+def _toml_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _include(patterns: Any, root: Path, where: str) -> list[Path]:
+    """The files matched by ``include`` globs (relative to the repository root); each glob must match one."""
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(f"{where}: expected a list of paths or globs, e.g. [\"mylib/**/*.py\", \"configs/*.yaml\"]")
+    files: list[Path] = []
+    for i, pattern in enumerate(patterns):
+        if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise ConfigError(f"{where}[{i}]: {pattern!r}: must be a path or glob inside the repository")
+        matched = sorted(p.resolve() for p in root.glob(pattern) if p.is_file())
+        if not matched:
+            raise ConfigError(f"{where}[{i}]: {pattern}: matches no file (relative to {root})")
+        files += [p for p in matched if p not in files]
+    return files

@@ -36,10 +36,19 @@ def tensor_line(t: TensorCheck) -> str:
     return line
 
 
+def source_module(m: ModuleCheck) -> str | None:
+    """The repository module defining ``m``'s class ('mylib.layers'); None for torch's classes and for a class
+    of the model file itself (loaded under a generated name)."""
+    if not m.defined_in or m.defined_in.startswith("gradcheck_user_model_"):
+        return None
+    return m.defined_in
+
+
 def module_line(m: ModuleCheck) -> str:
     """'module blocks.1.activation (Swish): own backward wrong, max abs error 8.9e-02, max rel error 0.38 ...'."""
     call = f", call {m.call}" if m.call else ""
-    line = (f"module {m.module or '(root)'} ({m.type}{call}): its own backward is wrong, max abs error "
+    where = f", defined in {source_module(m)}" if source_module(m) else ""
+    line = (f"module {m.module or '(root)'} ({m.type}{where}{call}): its own backward is wrong, max abs error "
             f"{m.max_abs_error:.3g}, max rel error {m.max_rel_error:.3g}")
     return line + (f"; {m.detail}" if m.detail else "")
 

@@ -20,6 +20,7 @@ from .describe import (
     gradient_failure,
     module_line,
     other_reasons,
+    source_module,
 )
 from .results import CiResult, ModelResult
 
@@ -78,7 +79,9 @@ def _localization_case(suite: _Suite, report: Report) -> None:
         suite.skip(case, "the gradient check passed: nothing to localize")
     elif loc.faulty_modules:
         lines = [module_line(m) for m in blamed_modules(report)] or [f"module {m}" for m in loc.faulty_modules]
-        suite.fail(case, f"faulty module: {', '.join(loc.faulty_modules)}", "\n".join(lines))
+        sources = sorted({s for m in blamed_modules(report) if (s := source_module(m))})
+        where = f" (defined in {', '.join(sources)})" if sources else ""
+        suite.fail(case, f"faulty module: {', '.join(loc.faulty_modules)}{where}", "\n".join(lines))
     else:
         suite.out(case, loc.note or "no module's own backward is wrong (the fault is between modules)")
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from ..report import Report
 from .baseline import Baseline, BaselineError, compare
+from .bundle import BundleError, bundle
 from .client import ServiceClient, ServiceError
 from .config import CiConfig, ModelEntry
 from .gitmeta import GitMeta
@@ -52,7 +53,7 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
         result = ModelResult(name=entry.name, path=_relative(entry.path, root), status="error",
                              fail_on_regression=entry.fail_on_regression)
         try:
-            definition = load_definition(str(entry.path))
+            definition = load_definition(str(entry.path), import_roots(config))
             from ..checks.engine import check
 
             report = check(definition.module, definition.inputs, definition.loss_fn, name=entry.name,
@@ -67,6 +68,13 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
         echo(_progress_line(result))
         results.append(result)
     return results
+
+
+def import_roots(config: CiConfig) -> list[Path]:
+    """Where the repository's own modules are imported from: the ``pythonpath`` directories, then the root
+    (the directory of the configuration file), as pytest's ``pythonpath`` and ``rootdir`` do."""
+    root = config.source.parent.resolve()
+    return [*(p for p in config.pythonpath if p != root), root]
 
 
 def _progress_line(result: ModelResult) -> str:
@@ -119,7 +127,12 @@ def run_remote(client: ServiceClient, config: CiConfig, git: GitMeta, echo: Echo
                              fail_on_regression=entry.fail_on_regression)
         results.append(result)
         try:
-            run_id = client.submit(entry.path, entry.options.model_dump(mode="json"), _metadata(entry, git))
+            files = bundle(entry.path, root, config.pythonpath, entry.include) if entry.path.suffix == ".py" else None
+            run_id = client.submit(entry.path, entry.options.model_dump(mode="json"), _metadata(entry, git), files)
+        except (BundleError, OSError) as exc:
+            result.error = f"cannot be sent: {exc}"
+            echo(_progress_line(result))
+            continue
         except ServiceError as exc:
             if not exc.rejects_submission:
                 raise ServerUnusable(str(exc)) from None

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..render_health import human_bytes
-from .describe import failing_tensors, findings_lines, gradient_failure, other_reasons
+from ..report import Report
+from .describe import (
+    blamed_modules,
+    failing_tensors,
+    findings_lines,
+    gradient_failure,
+    other_reasons,
+    source_module,
+)
 from .results import CiResult, ModelResult
 
 _ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "⚠️ error"}
@@ -40,9 +48,15 @@ def _baseline_cell(result: ModelResult) -> str:
     return f"{mark} {len(result.regressions)}: {', '.join(kinds)}"
 
 
+def _faulty(report: Report, name: str) -> str:
+    """'`act` (mylib.layers)': the faulty module and the repository module its class comes from."""
+    sources = sorted({s for m in blamed_modules(report) if m.module == name and (s := source_module(m))})
+    return f"`{name}`" + (f" ({', '.join(sources)})" if sources else "")
+
+
 def _row(result: ModelResult) -> str:
     report = result.report
-    faulty = ", ".join(f"`{m}`" for m in report.localization.faulty_modules) if report else ""
+    faulty = ", ".join(_faulty(report, name) for name in report.localization.faulty_modules) if report else ""
     memory = report.memory if report else None
     peak = human_bytes(memory.peak_bytes) if memory else "-"
     verdict = _ICON[result.outcome]

@@ -94,3 +94,11 @@ def definition_text(run: Run) -> tuple[str, str]:
         except ValueError:
             return "json", run.definition
     return "python", run.definition
+
+
+def definition_files(run: Run) -> list[tuple[str, str]]:
+    """(path, text) of every file of a repository archive, the check file first; empty for a single file."""
+    if not run.layout:
+        return []
+    entry = run.layout.get("entry")
+    return sorted(((f.path, f.content) for f in run.files), key=lambda item: (item[0] != entry, item[0]))

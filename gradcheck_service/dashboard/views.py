@@ -15,7 +15,7 @@ from ..store.models import RUN_STATUSES, Run, RunReport
 from . import bp, charts
 from . import queries as dash_queries
 from .formatting import duration, seconds
-from .report_view import check_rows, definition_text, findings
+from .report_view import check_rows, definition_files, definition_text, findings
 
 ACTIVE = ("queued", "running")
 PAGE_SIZE = 50
@@ -100,6 +100,7 @@ def run_detail(run_id: str) -> ResponseReturnValue:
     return render_template(
         "dashboard/run.html", run=run, report=report, charts={k: v for k, v in figures.items() if v},
         checks=check_rows(report), findings=findings(report), definition=definition_text(run),
+        definition_files=definition_files(run),
         previous=dash_queries.previous_run(session, run), active=ACTIVE,
     )
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from .base import Definition, DefinitionError, Problem
 
 __all__ = ["Definition", "DefinitionError", "Problem", "load_definition"]
 
 
-def load_definition(path: str) -> Definition:
+def load_definition(path: str, import_paths: Sequence[str | Path] = ()) -> Definition:
     """Load ``path``: a ``.json`` spec (validated, no code runs) or a ``.py`` model file (executed!).
 
+    ``import_paths``: directories the model file's repository modules are imported from (its root, ``src``).
     Raises :class:`DefinitionError` naming the file and, for specs, each problem with its JSON path.
     """
     from .loader import load_path
 
-    return load_path(path)
+    return load_path(path, import_paths)

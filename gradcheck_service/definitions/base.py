@@ -26,7 +26,8 @@ class DefinitionError(ValueError):
 
     def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
         self.problems = list(problems or [])
-        detail = "; ".join(str(p) for p in self.problems)
+        # A problem already spelled out by the message (a model file's error names the file) is not repeated.
+        detail = "; ".join(str(p) for p in self.problems if p.message not in message)
         super().__init__(f"{message}: {detail}" if detail else message)
         self.message = message
 

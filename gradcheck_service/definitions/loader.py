@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,13 @@ def load_spec_file(path: str | Path, limits: SpecLimits | None = None) -> Defini
     return definition
 
 
-def load_path(path: str) -> Definition:
-    """Load a definition by suffix: ``.json`` -> spec, ``.py`` -> model file (which is executed)."""
+def load_path(path: str, import_paths: Sequence[str | Path] = ()) -> Definition:
+    """Load a definition by suffix: ``.json`` -> spec, ``.py`` -> model file (which is executed, with
+    ``import_paths`` on ``sys.path``)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
         return load_spec_file(path)
     if suffix == ".py":
-        return load_python_file(path)
+        return load_python_file(path, import_paths)
     raise DefinitionError(f"{path}: unsupported kind of model definition '{suffix or '(no suffix)'}'; "
                           f"expected {ACCEPTED}", [Problem(str(path), f"expected {ACCEPTED}")])

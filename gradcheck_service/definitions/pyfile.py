@@ -20,7 +20,7 @@ import inspect
 import itertools
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -49,10 +49,21 @@ def _error(path: Path, message: str, line: int | None = None) -> DefinitionError
     return DefinitionError(f"{path}: {message}", [Problem(where, message)])
 
 
+class MissingModuleError(DefinitionError):
+    """The model file (or a module it imports) imports a module that cannot be found; ``module`` is its name."""
+
+    def __init__(self, message: str, problems: list[Problem], module: str) -> None:
+        super().__init__(message, problems)
+        self.module = module
+
+
 def _raised(path: Path, what: str, exc: BaseException) -> DefinitionError:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
     detail = f"{what} raised {type(exc).__name__}: {exc}{_where(exc, path)}"
-    return _error(path, detail, frames[-1].lineno if frames else None)
+    error = _error(path, detail, frames[-1].lineno if frames else None)
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return MissingModuleError(error.message, error.problems, exc.name)
+    return error
 
 
 def _read(path: Path) -> str:
@@ -102,17 +113,21 @@ def _inputs(path: Path, value: Any) -> tuple[torch.Tensor, ...]:
                  "of Tensors")
 
 
-def load_python_file(path: str | Path) -> Definition:
+def load_python_file(path: str | Path, import_paths: Sequence[str | Path] = ()) -> Definition:
     """Execute a model file and call its ``build()``; see the module docstring for the contract (and the risk).
+
+    ``import_paths`` are the directories the repository's own modules are imported from (its root, ``src``, ...);
+    they are put on ``sys.path`` while the file runs, after the file's own directory (where it finds the helpers
+    beside it, as when run as a script).
 
     Raises :class:`DefinitionError` naming the file for a missing file, a syntax error (with its line), a missing
     ``build``, an exception inside the file or ``build()`` (type, message and the line in the file), or a result
-    that is not ``(nn.Module, Tensor | tuple[Tensor, ...])``.
+    that is not ``(nn.Module, Tensor | tuple[Tensor, ...])``; :class:`MissingModuleError` when an import fails.
     """
     path = Path(path).resolve()
     text = _read(path)
-    # The file may import helpers that sit next to it, as it would when run as a script.
-    sys.path.insert(0, str(path.parent))
+    added = [str(path.parent), *(str(Path(p).resolve()) for p in import_paths)]
+    sys.path[0:0] = added
     try:
         module = _execute(path, text)
         build = getattr(module, "build", None)
@@ -130,7 +145,8 @@ def load_python_file(path: str | Path) -> Definition:
         except (Exception, SystemExit) as exc:
             raise _raised(path, "build()", exc) from None
     finally:
-        sys.path.remove(str(path.parent))
+        for entry in added:
+            sys.path.remove(entry)
     if not isinstance(result, tuple | list) or len(result) != 2:
         raise _error(path, f"build() returned a {type(result).__name__}; expected a pair (module, inputs)")
     model, raw_inputs = result

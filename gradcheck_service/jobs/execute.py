@@ -22,6 +22,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery
 
 from .. import config as service_config
+from ..definitions.archive import write_files
 from ..extensions import RUN_TASK, store
 from ..store.lifecycle import claim_run, fail_run, finish_run, heartbeat, reap_stale_runs
 from ..store.models import Run
@@ -74,11 +75,26 @@ def worker_host() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Where a job's definition is written. A model file goes in a folder of its own under a name no repository uses, so
+# it can never shadow a module it imports (saved as ``model.py`` beside the job, ``from model import GPT`` would
+# import the check file itself); a repository archive is unpacked below REPOSITORY with its own layout.
+SINGLE_FILE = "definition/gradcheck_submitted_model.py"
+SPEC_FILE = "definition/model.json"
+REPOSITORY = "repository"
+
+
 def _write_job(job_dir: Path, run: Run) -> None:
-    definition = "model.py" if run.definition_kind == "python" else "model.json"
-    (job_dir / definition).write_text(run.definition, encoding="utf-8")
-    (job_dir / "job.json").write_text(json.dumps({"definition": definition, "options": run.options,
-                                                  "name": run.model_name}))
+    job: dict[str, Any] = {"options": run.options, "name": run.model_name}
+    if run.layout:
+        write_files({f.path: f.content for f in run.files}, job_dir / REPOSITORY)
+        job["definition"] = f"{REPOSITORY}/{run.layout['entry']}"
+        job["pythonpath"] = [REPOSITORY if root == "." else f"{REPOSITORY}/{root}"
+                             for root in run.layout.get("pythonpath") or ["."]]
+    else:
+        job["definition"] = SINGLE_FILE if run.definition_kind == "python" else SPEC_FILE
+        (job_dir / "definition").mkdir()
+        (job_dir / job["definition"]).write_text(run.definition, encoding="utf-8")
+    (job_dir / "job.json").write_text(json.dumps(job))
 
 
 def execute_run(run_id: str, config: dict[str, Any]) -> str:
@@ -126,8 +142,9 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
     if outcome.result is not None:
         error = outcome.result["error"]
         message = str(error.get("message", ""))
-        if error.get("problems"):
-            message += "\n" + "\n".join(f"{p['path']}: {p['message']}" for p in error["problems"])
+        extra = [f"{p['path']}: {p['message']}" for p in error.get("problems") or [] if p["message"] not in message]
+        if extra:  # each problem once: those the message already states are not repeated
+            message += "\n" + "\n".join(extra)
         code = str(error.get("code", "error"))
     else:
         code, message = outcome.error_code or "error", outcome.error or "the check failed"

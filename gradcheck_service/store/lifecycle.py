@@ -213,3 +213,14 @@ def reap_stale_runs(session: Session, stale_after_s: float) -> list[str]:
             requeue.append(run_id)
     session.commit()
     return requeue
+
+
+def record_worker_environment(session: Session, worker: str, queues: list[str]) -> None:
+    """Store (or refresh) the Python version and packages of the worker ``worker`` (its Celery node name)."""
+    from ..environment import installed_packages, python_version
+    from .models import WorkerEnvironment
+
+    row = session.get(WorkerEnvironment, worker) or WorkerEnvironment(worker=worker)
+    row.queues, row.python, row.packages, row.seen_at = queues, python_version(), installed_packages(), utcnow()
+    session.add(row)
+    session.commit()

@@ -121,7 +121,11 @@ class Run(Base):
     model_name: Mapped[str] = mapped_column(String(200))
     model_hash: Mapped[str] = mapped_column(String(64), doc="SHA-256 of the submitted definition.")
     definition_kind: Mapped[str] = mapped_column(String(8), doc="'spec' (JSON) or 'python' (model file).")
-    definition: Mapped[str] = mapped_column(Text, doc="The JSON spec or the Python source as submitted.")
+    definition: Mapped[str] = mapped_column(Text, doc="The JSON spec or the Python source as submitted (for a "
+                                            "repository archive: its check file).")
+    layout: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONType, doc="For a repository archive: {'entry': the check file's path, 'pythonpath': import roots}; "
+        "the files are in run_files. None for a single file or spec.")
     options: Mapped[dict[str, Any]] = mapped_column(JSONType)
     git_repo: Mapped[str | None] = mapped_column(String(500))
     git_branch: Mapped[str | None] = mapped_column(String(255))
@@ -149,6 +153,9 @@ class Run(Base):
     gradient_stats: Mapped[list[GradientStat]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="select", order_by="GradientStat.id"
     )
+    files: Mapped[list[RunFile]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="select", order_by="RunFile.path"
+    )
 
     __table_args__ = (
         Index("ix_runs_project_created", "project_id", "created_at", "id"),
@@ -173,6 +180,28 @@ class RunLabel(Base):
     run: Mapped[Run] = relationship(back_populates="labels")
 
     __table_args__ = (Index("ix_run_labels_label_run", "label", "run_id"),)
+
+
+class RunFile(Base):
+    """One file of a run's repository archive, as text (the archive was validated: relative paths, UTF-8)."""
+
+    __tablename__ = "run_files"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(500), primary_key=True, doc="Relative POSIX path in the repository.")
+    content: Mapped[str] = mapped_column(Text)
+
+
+class WorkerEnvironment(Base):
+    """The Python packages a worker provides, recorded by the worker when it starts (one row per worker node)."""
+
+    __tablename__ = "worker_environments"
+
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True, doc="The Celery node name.")
+    queues: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    python: Mapped[str] = mapped_column(String(64))
+    packages: Mapped[dict[str, str]] = mapped_column(JSONType, doc="Distribution name -> version.")
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class RunReport(Base):
