@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "RUN_TIMEOUT_S": 600,  # default wall-time limit of one check, seconds
     "MAX_RUN_TIMEOUT_S": 3600,  # the largest timeout_s a submission may ask for, seconds
     "MAX_ATTEMPTS": 3,  # times a run may be started before a vanished worker makes it an error
+    # Whether any worker consumes the gpu queue. None: in the embedded mode, whether this machine has CUDA; with a
+    # broker server, yes (CUDA runs wait for a GPU worker). False: runs asking for CUDA are refused (422).
+    "GPU_WORKERS": None,
     "REPORT_MAX_BYTES": 32 * 1024 * 1024,  # largest report a check child may write back, bytes
     "HEARTBEAT_INTERVAL_S": 2.0,  # how often a worker refreshes a running run's heartbeat and progress
     "STALE_AFTER_S": 120.0,  # a running run whose heartbeat is older than this lost its worker

@@ -6,11 +6,15 @@ declared with ``@shared_task`` in ``workers/tasks.py`` and never import the app,
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, Task
 from flask import Flask
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from . import config as service_config
 from .embedded_queue import celery_broker
@@ -26,6 +30,39 @@ QUEUES = ("cpu", "gpu")
 def queue_for_device(device: str) -> str:
     """A run asking for CUDA goes to the GPU workers; everything else to the CPU workers."""
     return "gpu" if device.startswith("cuda") else "cpu"
+
+
+@functools.cache
+def machine_has_cuda() -> bool:
+    """Whether this machine can run a check on a CUDA device.
+
+    Asked in a child process: a process that forks later (a prefork worker, the check runner) must never
+    initialize CUDA itself. A torch build without CUDA (or ROCm) support answers at once, without a child.
+    """
+    import torch
+
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return False
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                               capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.stdout.strip() == "True"
+
+
+def gpu_workers_expected(config: Mapping[str, Any]) -> bool:
+    """Whether a run asking for CUDA can ever be picked up by this service.
+
+    ``GPU_WORKERS`` when the operator set it. Otherwise, in the embedded mode the worker is ``serve``'s own child
+    on this machine and consumes the ``gpu`` queue only when the machine has CUDA; with a broker server, GPU
+    workers run on other machines (and may be restarting), so a CUDA run is queued and waits for one.
+    """
+    if config.get("GPU_WORKERS") is not None:
+        return bool(config["GPU_WORKERS"])
+    if service_config.is_embedded(config):
+        return machine_has_cuda()
+    return True
 
 
 def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +101,9 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": service_config.soft_time_limit_s(config, timeout),
         "task_time_limit": service_config.hard_time_limit_s(config, timeout),
-        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        # Each queue with an exchange of its own name: without one, kombu binds every queue to the default
+        # queue's exchange ('cpu'), which is what a worker's banner then shows for the gpu queue.
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         "task_default_queue": "cpu",
         "task_serializer": "json",
         "accept_content": ["json"],

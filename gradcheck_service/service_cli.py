@@ -140,6 +140,11 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, hostname: s
     unknown = [q for q in names if q not in ("cpu", "gpu")]
     if not names or unknown:
         _fail(f"unknown queue {unknown[0] if unknown else queues!r}: use cpu, gpu or cpu,gpu")
+    from .extensions import machine_has_cuda
+
+    if "gpu" in names and not machine_has_cuda():
+        _fail("this machine has no usable CUDA device (or torch was built without CUDA): a gpu worker would take "
+              "runs asking for device cuda and could not run them; use --queues cpu")
     settings = _settings()
     if settings["DATABASE_URL"].startswith("sqlite"):
         from .store.migrate import upgrade
@@ -202,8 +207,12 @@ def sandbox_check(as_json: bool) -> None:
 
 
 def _embedded_worker(concurrency: int) -> subprocess.Popen[bytes]:
-    """The embedded mode's worker: the same command a user would run, as a child of ``serve``."""
-    command = [sys.executable, "-m", "gradcheck_service.service_cli", "worker", "--queues", "cpu,gpu",
+    """The embedded mode's worker: the same command a user would run, as a child of ``serve``. It takes the gpu
+    queue too only where this machine has CUDA (the API refuses CUDA runs otherwise)."""
+    from .extensions import machine_has_cuda
+
+    queues = "cpu,gpu" if machine_has_cuda() else "cpu"
+    command = [sys.executable, "-m", "gradcheck_service.service_cli", "worker", "--queues", queues,
                "--concurrency", str(concurrency), "--beat", "--loglevel", "WARNING"]
     return subprocess.Popen(command, start_new_session=True)
 

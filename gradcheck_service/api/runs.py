@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from .. import config as service_config
-from ..extensions import RUN_TASK, queue_for_device, store
+from ..extensions import RUN_TASK, gpu_workers_expected, queue_for_device, store
 from ..store import queries
 from ..store.compare import compare_runs
 from ..store.lifecycle import fail_run
@@ -78,6 +78,11 @@ def submit_run() -> ResponseReturnValue:
     submission = parse_submission(request)
     timeout_s = _timeout(submission.metadata.timeout_s)
     device = submission.options.device
+    if queue_for_device(device) == "gpu" and not gpu_workers_expected(current_app.config):
+        # Refused rather than queued: no worker of this service takes the gpu queue, so the run would wait forever.
+        raise validation_error([("$.options.device", f"{device!r} needs a GPU worker and this service has none "
+                                 "(no CUDA on the embedded worker's machine, or GRADCHECK_GPU_WORKERS=0); "
+                                 "submit with device 'cpu'")])
     session = store.session()
     check_queue_quota(session, g.project_id, current_app.config.get("MAX_QUEUED_PER_PROJECT"))
     run = Run(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 
+from flask import Flask
 from flask.testing import FlaskClient
 
 from gradcheck_service.api.schemas import RunOut
+from gradcheck_service.extensions import machine_has_cuda
 from tests.service_support import BUGGY_MODEL, spec
 from tests.unit.service_api import Project
 
@@ -36,11 +38,33 @@ def test_json_spec_is_accepted_queued_and_readable(client: FlaskClient, project:
     assert run["labels"] == ["ci", "nightly"]
 
 
-def test_cuda_runs_go_to_the_gpu_queue(client: FlaskClient, project: Project) -> None:
+def test_cuda_runs_go_to_the_gpu_queue_when_gpu_workers_are_configured(api_app: Flask, client: FlaskClient,
+                                                                        project: Project) -> None:
+    api_app.config["GPU_WORKERS"] = True
     response = client.post("/api/v1/runs", json={"spec": spec(), "options": {"device": "cuda"}},
                            headers=project.headers)
     assert response.status_code == 202
     assert response.get_json()["queue"] == "gpu"
+
+
+def test_cuda_runs_are_refused_where_no_worker_can_take_them(api_app: Flask, client: FlaskClient,
+                                                            project: Project) -> None:
+    # The embedded mode (this app's SQLite queue): its only worker runs on this machine.
+    response = client.post("/api/v1/runs", json={"spec": spec(), "options": {"device": "cuda"}},
+                           headers=project.headers)
+    if machine_has_cuda():
+        assert response.status_code == 202 and response.get_json()["queue"] == "gpu"
+    else:
+        assert response.status_code == 422
+        assert "needs a GPU worker" in _problems(response)["$.options.device"]
+    api_app.config["GPU_WORKERS"] = False  # an operator without GPU workers says so
+    response = client.post("/api/v1/runs", json={"spec": spec(), "options": {"device": "cuda"}},
+                           headers=project.headers)
+    assert response.status_code == 422 and "$.options.device" in _problems(response)
+    listed = client.get("/api/v1/runs", headers=project.headers).get_json()
+    assert len(listed["runs"]) == (1 if machine_has_cuda() else 0)  # a refused run is not stored
+    cpu = client.post("/api/v1/runs", json={"spec": spec()}, headers=project.headers)
+    assert cpu.status_code == 202 and cpu.get_json()["queue"] == "cpu"
 
 
 def test_model_file_and_spec_file_upload(client: FlaskClient, project: Project) -> None:
