@@ -64,6 +64,7 @@ def report_rows(run_id: str, report: Mapping[str, Any]) -> list[Base]:
             rows.append(TensorResult(
                 run_id=run_id, kind=kind, name=str(item.get("name", ""))[:500], passed=bool(item.get("passed")),
                 max_abs_error=_finite(item.get("max_abs_error")), max_rel_error=_finite(item.get("max_rel_error")),
+                max_error_ratio=_finite(item.get("max_error_ratio")),
                 coordinates_checked=int(item.get("coordinates_checked") or 0), numel=int(item.get("numel") or 0),
                 coverage=item.get("coverage"), unused=bool(item.get("unused")),
             ))

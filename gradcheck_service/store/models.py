@@ -241,6 +241,8 @@ class TensorResult(Base):
     passed: Mapped[bool] = mapped_column(Boolean)
     max_abs_error: Mapped[float | None] = mapped_column(Float)
     max_rel_error: Mapped[float | None] = mapped_column(Float)
+    max_error_ratio: Mapped[float | None] = mapped_column(
+        Float, doc="Largest error / its tolerance (at most 1 passes); None for reports written before it existed.")
     coordinates_checked: Mapped[int] = mapped_column(BigInteger, default=0)
     numel: Mapped[int] = mapped_column(BigInteger, default=0)
     coverage: Mapped[str | None] = mapped_column(String(16))

@@ -80,3 +80,18 @@ def test_run_page_shows_the_ratio_column_in_agreement_with_the_verdicts(api_app:
         assert (float(value) > 1) == (verdict == "fail"), (name, value)
     ratios = [float(value) for verdict, _, value in rows if verdict == "fail"]
     assert ratios == sorted(ratios, reverse=True)  # failures furthest beyond their tolerance come first
+
+
+def test_the_ratio_is_stored_with_each_tensor_row(api_app: Flask, client: FlaskClient, project: Project) -> None:
+    from gradcheck_service.extensions import store
+    from gradcheck_service.store.models import TensorResult
+
+    run_id = failed_run(api_app, client, project)
+    sign_in(client, project.token)
+    report = client.get(f"/runs/{run_id}.json").get_json()["report"]
+    expected = {t["name"]: t["max_error_ratio"] for t in report["gradient_check"]["parameters"]}
+    with api_app.app_context():
+        rows = store.session().query(TensorResult).filter_by(run_id=run_id, kind="parameter").all()
+        assert {row.name: row.max_error_ratio for row in rows} == pytest.approx(expected)
+        assert all(row.passed == (row.max_error_ratio <= 1) for row in rows)
+        assert {row.passed for row in rows} == {True, False}
