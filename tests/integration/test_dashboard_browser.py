@@ -243,6 +243,37 @@ def test_model_history_charts(page: Page) -> None:
     assert page.page.locator("table#history tbody tr").count() == 4
 
 
+def test_a_nearly_flat_history_has_distinct_tick_labels(browser: Any, site: tuple[Flask, Seeded, str]) -> None:
+    import copy
+
+    from gradcheck_service.extensions import store
+    from gradcheck_service.store.tokens import create_token
+    from tests.dashboard_support import _finish, _submit, mlp_spec, real_report
+
+    app, _, base = site
+    with app.app_context():  # a project of its own, so the other tests' pages keep their runs
+        token = create_token(store.session(), "flat-history").token
+        store.session().commit()
+    client, spec_text = app.test_client(), mlp_spec()
+    for i, norm in enumerate((24.9001, 24.9013, 24.9007, 24.9019)):  # a total gradient norm that barely moves
+        report = copy.deepcopy(real_report("spec", spec_text, {}))
+        report["gradient_norms"]["total_norm"] = norm
+        run_id = _submit(client, token, "spec", spec_text, "flat-mlp", {}, {"branch": "main", "commit": f"f1a7{i}"},
+                         [])
+        _finish(app, run_id, report)
+    page = Page(browser, base, token, viewport={"width": 1280, "height": 800})
+    try:
+        page.goto("/models/flat-mlp")
+        labels = page.page.locator("#chart-norm").evaluate(
+            "c => Chart.getChart(c).scales.y.ticks.map(t => t.label).filter(l => l !== '')")
+        assert len(labels) >= 3, labels
+        assert len(set(labels)) == len(labels), labels  # e.g. 24.9, 24.9002, 24.9004 rather than 24.9 three times
+        assert all(label.startswith("24.9") for label in labels), labels
+        assert page.errors == []
+    finally:
+        page.close()
+
+
 def test_another_projects_run_is_not_found(page: Page, site: tuple[Flask, Seeded, str]) -> None:
     _, seeded, _ = site
     response = page.goto(f"/runs/{seeded.run('other').id}")

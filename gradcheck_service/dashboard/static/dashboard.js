@@ -7,25 +7,43 @@
   var POLL_MS = 2000; // how often pages with queued/running runs ask the server for their status
 
   var BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+  var MAX_DIGITS = 15; // beyond this a double's significant digits are noise
+  // Each formatter takes the significant digits to show (default 3; tick labels ask for more when needed).
   var formats = {
-    bytes: function (v) {
+    bytes: function (v, digits) {
       if (v === null || v === undefined) { return "–"; }
       var size = Math.abs(v), i = 0;
       while (size >= 1024 && i < BYTE_UNITS.length - 1) { size /= 1024; i += 1; }
-      var text = i === 0 ? size.toFixed(0) : size.toPrecision(3);
+      var text = i === 0 ? size.toFixed(0) : size.toPrecision(digits || 3);
       return (v < 0 ? "-" : "") + text + " " + BYTE_UNITS[i];
     },
-    sci: function (v) {
+    sci: function (v, digits) {
       if (v === null || v === undefined) { return "–"; }
       if (v === 0) { return "0"; }
-      var a = Math.abs(v);
-      return (a >= 1e-3 && a < 1e4) ? String(Number(v.toPrecision(3))) : v.toExponential(1);
+      var a = Math.abs(v), d = digits || 3;
+      return (a >= 1e-3 && a < 1e4) ? String(Number(v.toPrecision(d))) : v.toExponential(Math.max(1, d - 2));
     },
-    secs: function (v) {
+    secs: function (v, digits) {
       if (v === null || v === undefined) { return "–"; }
-      return v < 1 ? (v * 1000).toFixed(0) + " ms" : v.toPrecision(3) + " s";
+      if (v >= 1) { return v.toPrecision(digits || 3) + " s"; }
+      return (digits ? String(Number((v * 1000).toPrecision(digits))) : (v * 1000).toFixed(0)) + " ms";
     }
   };
+
+  // The fewest significant digits (3 at least) at which every labelled tick reads differently: on a nearly flat
+  // series Chart.js places ticks 24.900, 24.902, ... which three digits would all print as "24.9".
+  function distinctDigits(fmt, values) {
+    for (var digits = 3; digits < MAX_DIGITS; digits += 1) {
+      var seen = {}, clash = false;
+      for (var i = 0; i < values.length && !clash; i += 1) {
+        var text = fmt(values[i], digits);
+        clash = Object.prototype.hasOwnProperty.call(seen, text);
+        seen[text] = true;
+      }
+      if (!clash) { return digits; }
+    }
+    return MAX_DIGITS;
+  }
 
   function isPowerOfTen(v) {
     if (v <= 0) { return false; }
@@ -54,7 +72,11 @@
       valueAxis = valueAxis || key;
       var log = scales[key].type === "logarithmic";
       scales[key].ticks = scales[key].ticks || {};
-      scales[key].ticks.callback = function (value, index, ticks) { return (!log || logLabel(value, ticks, index)) ? fmt(value) : ""; };
+      scales[key].ticks.callback = function (value, index, ticks) {
+        if (log && !logLabel(value, ticks, index)) { return ""; }
+        var labelled = ticks.filter(function (t, i) { return !log || logLabel(t.value, ticks, i); });
+        return fmt(value, distinctDigits(fmt, labelled.map(function (t) { return t.value; })));
+      };
     });
     var plugins = config.options.plugins = config.options.plugins || {};
     plugins.tooltip = plugins.tooltip || {};
