@@ -62,6 +62,12 @@ def _raised(path: Path, what: str, exc: BaseException) -> DefinitionError:
     detail = f"{what} raised {type(exc).__name__}: {exc}{_where(exc, path)}"
     error = _error(path, detail, frames[-1].lineno if frames else None)
     if isinstance(exc, ModuleNotFoundError) and exc.name:
+        # Name the file and line of the failing import, which is often in a module the file imports.
+        importing = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+        if importing and Path(importing[-1].filename) != path:
+            frame = importing[-1]
+            detail += f" (imported at {frame.filename}:{frame.lineno}: {(frame.line or '').strip()})"
+            error = _error(path, detail, frames[-1].lineno if frames else None)
         return MissingModuleError(error.message, error.problems, exc.name)
     return error
 
