@@ -68,12 +68,12 @@ def _zip_members(data: bytes) -> Iterator[tuple[str, str | None, io.BufferedIOBa
     """(name, why it is refused or None, a reader) per zip member; directories are skipped."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         for info in archive.infolist():
-            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the tool recorded permissions only
             if info.is_dir():
                 continue
-            if stat.S_ISLNK(mode):
+            if kind == stat.S_IFLNK:
                 yield info.filename, "a symbolic link (only regular files are accepted)", None
-            elif mode and not stat.S_ISREG(mode):
+            elif kind and kind != stat.S_IFREG:
                 yield info.filename, "not a regular file", None
             elif info.flag_bits & 0x1:
                 yield info.filename, "encrypted", None
