@@ -45,6 +45,7 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
     """Check every model in this process, one after the other."""
     from ..checks.working_copy import CheckError
     from ..definitions import DefinitionError, load_definition
+    from ..definitions.pyfile import MissingModuleError
 
     root = config.source.parent
     results = []
@@ -58,6 +59,11 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
 
             report = check(definition.module, definition.inputs, definition.loss_fn, name=entry.name,
                            options=entry.options)
+        except MissingModuleError as exc:
+            where = ", ".join(_relative(p, root) if p != root else ". (the repository root)"
+                              for p in import_roots(config))
+            result.error = (f"{' '.join(str(exc).split())}; the repository's modules are imported from {where}: "
+                            "add a folder with `pythonpath` in the configuration, or install the package")
         except (DefinitionError, CheckError) as exc:
             result.error = " ".join(str(exc).split())
         except Exception as exc:  # the repository's own code raised: that model errors, the others still run

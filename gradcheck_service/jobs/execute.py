@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -37,7 +38,7 @@ def log_sandbox_self_test(config: Mapping[str, Any]) -> sandbox.Isolation:
     """Run the sandbox self-test (once per process; the worker calls it at start) and log what it found."""
     isolation = sandbox.self_test()
     features = ", ".join(f"{name}={'yes' if value else 'NO'}" for name, value in isolation.as_dict().items()
-                         if isinstance(value, bool))
+                         if isinstance(value, bool)) + f", job_limits={isolation.job_limits}"
     if isolation.network_isolated:
         log.info("sandbox for Python model files: %s", features)
     elif sandbox.unsandboxed_python_allowed(config):
@@ -75,12 +76,18 @@ def worker_host() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-# Where a job's definition is written. A model file goes in a folder of its own under a name no repository uses, so
-# it can never shadow a module it imports (saved as ``model.py`` beside the job, ``from model import GPT`` would
-# import the check file itself); a repository archive is unpacked below REPOSITORY with its own layout.
-SINGLE_FILE = "definition/gradcheck_submitted_model.py"
-SPEC_FILE = "definition/model.json"
+# Where a job's definition is written: a single model file or spec in a folder of its own, named after the model
+# behind a prefix (so errors read close to the user's file, and a model named "torch" cannot shadow torch); a
+# repository archive below REPOSITORY with its own layout, so the check file keeps its path and never shadows a
+# repository module (saved as ``model.py`` at the top of the job, as it once was, ``from model import GPT``
+# imported the check file itself).
+DEFINITION = "definition"
 REPOSITORY = "repository"
+
+
+def _file_name(model_name: str, suffix: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", model_name)[:100].strip("_") or "model"
+    return f"{DEFINITION}/submitted_{stem}{suffix}"
 
 
 def _write_job(job_dir: Path, run: Run) -> None:
@@ -91,8 +98,8 @@ def _write_job(job_dir: Path, run: Run) -> None:
         job["pythonpath"] = [REPOSITORY if root == "." else f"{REPOSITORY}/{root}"
                              for root in run.layout.get("pythonpath") or ["."]]
     else:
-        job["definition"] = SINGLE_FILE if run.definition_kind == "python" else SPEC_FILE
-        (job_dir / "definition").mkdir()
+        job["definition"] = _file_name(run.model_name, ".py" if run.definition_kind == "python" else ".json")
+        (job_dir / DEFINITION).mkdir()
         (job_dir / job["definition"]).write_text(run.definition, encoding="utf-8")
     (job_dir / "job.json").write_text(json.dumps(job))
 
