@@ -17,16 +17,29 @@ migrate() {
     done
 }
 
+# Job-wide sandbox limits: the worker creates one cgroup per check (memory, processes, CPU of all its processes
+# together), which needs root in the container and a writable cgroup filesystem; Docker mounts it read-only.
+# Remounting needs CAP_SYS_ADMIN (deploy/docker-compose.yml adds it to workers). Without it the worker falls back
+# to a watchdog and its start-up log (and `gradcheck-service sandbox-check`) says so.
+cgroups_writable() {
+    if [ "$(id -u)" = 0 ] && [ -d /sys/fs/cgroup ] && [ ! -w /sys/fs/cgroup ]; then
+        mount -o remount,rw /sys/fs/cgroup 2>/dev/null \
+            || echo "entrypoint: /sys/fs/cgroup stays read-only: job-wide limits use the watchdog" >&2
+    fi
+}
+
 case "${1:-api}" in
     api)
         migrate
         exec gunicorn -c /app/deploy/gunicorn.conf.py "gradcheck_service.app:create_app()"
         ;;
     worker-cpu)
+        cgroups_writable
         exec gradcheck-service worker --queues cpu --concurrency "${GRADCHECK_WORKER_CONCURRENCY:-2}"
         ;;
     worker-gpu)
         # One job per GPU: run one such container per GPU, each given its device with CUDA_VISIBLE_DEVICES.
+        cgroups_writable
         exec gradcheck-service worker --queues gpu
         ;;
     beat)

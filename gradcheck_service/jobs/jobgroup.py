@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import time
@@ -35,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 POLL_S = 0.25  # how often a running job's figures are read
 PARENT = "gradcheck"  # the directory under the worker's own cgroup that holds one cgroup per job
 V2_SERVICE_LEAF = "gradcheck-service"  # where a v2 worker moves its own processes to delegate its cgroup
@@ -371,16 +373,22 @@ def _parents(mechanism: str) -> Path | dict[str, Path]:
     return _v1_jobs_parents(mounts, own)
 
 
+def _open_cgroup(mechanism: str, name: str, limits: JobLimits) -> JobGroup:
+    parents = _parents(mechanism)
+    if isinstance(parents, Path):
+        return CgroupV2Group(limits, name, parents)
+    return CgroupV1Group(limits, name, parents)
+
+
 def open_group(mechanism: str, name: str, limits: JobLimits) -> JobGroup:
-    """A new group for one job, named after its job directory (unique on the machine)."""
-    if mechanism == "cgroup-v2":
-        parent = _parents(mechanism)
-        assert isinstance(parent, Path)
-        return CgroupV2Group(limits, name, parent)
-    if mechanism == "cgroup-v1":
-        parents = _parents(mechanism)
-        assert isinstance(parents, dict)
-        return CgroupV1Group(limits, name, parents)
+    """A new group for one job, named after its job directory (unique on the machine). Where the self-test's
+    cgroup cannot be created any more (the hierarchy changed under a running worker), the watchdog holds the job
+    rather than nothing."""
+    try:
+        if mechanism in ("cgroup-v2", "cgroup-v1"):
+            return _open_cgroup(mechanism, name, limits)
+    except OSError as exc:
+        log.warning("job cgroup %s could not be created (%s); the watchdog limits this job", name, exc)
     from .watchdog import WatchdogGroup
 
     return WatchdogGroup(limits)
@@ -401,7 +409,7 @@ def detect() -> tuple[str, list[str]]:
     for mechanism in candidates:
         group: JobGroup | None = None
         try:
-            group = open_group(mechanism, f"selftest-{os.getpid()}", probe)
+            group = _open_cgroup(mechanism, f"selftest-{os.getpid()}", probe)
             seen = subprocess.run([*group.enter_argv(), "cat", "/proc/self/cgroup"], capture_output=True,
                                   timeout=10, text=True)
             if seen.returncode != 0 or f"/selftest-{os.getpid()}" not in seen.stdout:

@@ -99,10 +99,22 @@ def default_job_memory(jobs: int) -> int:
     return max(2**28, share // 2**28 * 2**28)
 
 
+def _machine_cpus() -> float:
+    """CPUs this worker may use: its affinity, or its container's CPU quota where that is lower."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    quotas = [("/sys/fs/cgroup/cpu.max", None), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "cpu.cfs_period_us")]
+    for path, period_file in quotas:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            words = Path(path).read_text().split()
+            period = words[1] if period_file is None else (Path(path).parent / period_file).read_text()
+            if words[0] not in ("max", "-1"):
+                cpus = min(cpus, int(words[0]) / int(period))
+    return cpus
+
+
 def default_cpu_cores(jobs: int) -> float:
     """The worker's CPUs less half a core for the worker itself, shared by ``jobs`` checks at once."""
-    cpus = len(os.sched_getaffinity(0))
-    return round(max(0.25, (cpus - 0.5) / jobs), 2)
+    return round(max(0.25, (_machine_cpus() - 0.5) / jobs), 2)
 
 
 @dataclass(frozen=True)

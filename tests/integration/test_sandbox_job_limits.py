@@ -153,6 +153,8 @@ def _hostile_beside_normal(backend: Backend, name: str,
         during(hostile_id)
     hostile = backend.wait(hostile_id, WALL_S + 60)
     normal = backend.wait(normal_id, WALL_S + 60)
+    print(f"{name}: {(hostile['error'] or {}).get('code')} after {hostile['timings']['run_s']:.1f} s; normal run "
+          f"beside it {normal['timings']['run_s']:.1f} s, usual {backend.usual_s:.1f} s")  # figures for the log
     assert normal["status"] == "passed", normal
     assert float(normal["timings"]["run_s"]) <= 2 * backend.usual_s, (normal["timings"], backend.usual_s)
     assert _left_behind(hostile_id) == []
@@ -195,6 +197,7 @@ def test_sixty_four_spinning_threads_get_no_more_than_their_cpu_share(backend: B
         rates.append((_job_cpu_seconds(run_id) - start_cpu) / (time.monotonic() - start))
 
     hostile, _ = _hostile_beside_normal(backend, "spin_threads.py", measure)
+    print(f"spin_threads.py: {rates[0]:.2f} cores used, share {CORES:g}")
     assert 0.5 <= rates[0] <= CORES * 1.1, f"the job used {rates[0]:.2f} cores with a share of {CORES:g}"
     # It ends at its CPU seconds (per process or all together), or, on a machine so loaded that the share was
     # not even available, at the wall-time limit; either way the error names the limit.
