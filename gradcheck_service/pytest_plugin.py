@@ -4,7 +4,8 @@
         gradcheck(MyNet(), torch.randn(4, 8))          # assert_gradients_ok with the session's mode
 
 ``pytest --gradcheck-mode full`` checks every coordinate (slower, e.g. nightly); ``fast`` probes only. Without the
-option the engine's ``default`` mode is used, or the ``gradcheck_mode`` ini setting. Loading the plugin imports
+option the engine's ``default`` mode is used, or the ``gradcheck_mode`` ini setting. In a repository with a
+gradcheck configuration its root and ``pythonpath`` folders are importable, as in ``gradcheck-service ci``. Loading the plugin imports
 nothing heavy: torch and the engine are imported on the fixture's first use.
 """
 
@@ -24,6 +25,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="Coverage of the gradcheck fixture: full, default or fast.")
     parser.addini("gradcheck_mode", "Default coverage of the gradcheck fixture (full, default, fast).",
                   default="default")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a repository configured for gradcheck (``[tool.gradcheck]`` or ``gradcheck.toml`` at pytest's rootdir),
+    make its root and its ``pythonpath`` folders importable, as ``gradcheck-service ci`` does, so a test can
+    ``from model import GPT`` wherever the test file lives. Other repositories are left alone."""
+    import sys
+
+    from .ci.config import ConfigError, find_config
+
+    try:
+        found = find_config(config.rootpath)
+    except ConfigError:
+        return  # an unreadable configuration is reported by `ci`, not by every test session
+    if found is None:
+        return
+    extra = found[1].get("pythonpath", [])
+    folders = [config.rootpath / p for p in extra if isinstance(p, str)] if isinstance(extra, list) else []
+    for folder in reversed([*folders, config.rootpath]):
+        if folder.is_dir() and str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
 
 
 def _mode(config: pytest.Config) -> str:

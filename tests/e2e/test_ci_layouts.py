@@ -11,6 +11,8 @@ file and the summary, and widening a hidden layer on a branch is a memory regres
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -73,6 +75,38 @@ def test_layouts_locally(tmp_path: Path) -> None:
     _assert_package_module_named(repo, repo.ci())
 
 
+PACKAGE_TEST = '''
+import torch
+
+from mylib import Net
+
+
+def test_net_backward(gradcheck):
+    torch.manual_seed(0)
+    gradcheck(Net().double(), torch.randn(4, 3, dtype=torch.float64))
+'''
+
+
+def test_the_repositorys_own_pytest_suite_imports_its_package(tmp_path: Path) -> None:
+    """A test under tests/ imports the src/ package with no conftest or ini setting: the gradcheck configuration's
+    root and pythonpath are importable, and a seeded bug fails the test naming the faulty module."""
+    repo = LayoutRepository(tmp_path / "repo", "src_package")
+    (repo.root / "tests").mkdir()
+    (repo.root / "tests" / "test_net.py").write_text(PACKAGE_TEST)
+
+    def pytest_run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                               "tests/test_net.py"], cwd=repo.root, capture_output=True, text=True, timeout=300,
+                              env=clean_env())
+
+    passed = pytest_run()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    repo.break_backward()
+    failed = pytest_run()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "ScaledTanh, defined in mylib.layers" in failed.stdout
+
+
 def _token(env: dict[str, str], project: str) -> str:
     made = cli(["token", "create", "--project", project], env)
     assert made.returncode == 0, made.stderr
@@ -118,6 +152,14 @@ def _through_service(url: str, token: str, tmp_path: Path) -> None:
         repo.widen()
         repo.commit("widen the hidden layer")
         _assert_regression(repo, repo.ci("--server", url, "--fail-on", "regression", env=env))
+
+    # `submit` sends the same archive from the repository root (its configuration's pythonpath applies).
+    repo = LayoutRepository(tmp_path / "submitted", "src_package")
+    script = Path(sys.executable).parent / "gradcheck-service"
+    submitted = subprocess.run([str(script), "submit", "checks/net_check.py", "--server", url, "--wait"],
+                               cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert ": passed (model net_check" in submitted.stdout
 
     repo = LayoutRepository(tmp_path / "broken", "src_package")
     repo.git("checkout", "-q", "-b", "broken")
