@@ -142,6 +142,12 @@ class Report(_Model):
     timings: Timings
     environment: Environment
     warnings: list[str] = Field(default_factory=list)
+    output: str | None = Field(
+        None, description="What the model's own code wrote to stdout and stderr while it was loaded, built and "
+        "run during the check (in the order written; at most about 64 KiB, the head and the tail around a line "
+        "saying how much was left out). None when it printed nothing or the report came from check() called "
+        "directly, which captures nothing."
+    )
 
     def to_json(self, indent: int | None = 2) -> str:
         return self.model_dump_json(indent=indent)
