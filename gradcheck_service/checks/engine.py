@@ -57,22 +57,23 @@ def check(
 
     with torch.random.fork_rng(devices=[]):
         work = make_working_copy(model, inputs_tuple, loss, opts)
-        t0 = time.perf_counter()
-        gradient_check, analytic, evaluator = run_gradient_check(work, loss, opts, report_progress)
-        timings.gradient_check_s = time.perf_counter() - t0
-        localization = Localization(performed=False)
-        if not gradient_check.passed and opts.localize:
-            from .localize import localize
-
+        with work.reference():
             t0 = time.perf_counter()
-            report_progress("localization", 0.0)
-            localization = localize(work, loss, opts, analytic)
-            timings.localization_s = time.perf_counter() - t0
-        if opts.order == 2:
-            from .second_order import check_second_order
+            gradient_check, analytic, evaluator = run_gradient_check(work, loss, opts, report_progress)
+            timings.gradient_check_s = time.perf_counter() - t0
+            localization = Localization(performed=False)
+            if not gradient_check.passed and opts.localize:
+                from .localize import localize
 
-            gradient_check.second_order = check_second_order(work, loss, opts)
-            gradient_check.passed &= all(t.passed for t in gradient_check.second_order)
+                t0 = time.perf_counter()
+                report_progress("localization", 0.0)
+                localization = localize(work, loss, opts, analytic)
+                timings.localization_s = time.perf_counter() - t0
+            if opts.order == 2:
+                from .second_order import check_second_order
+
+                gradient_check.second_order = check_second_order(work, loss, opts)
+                gradient_check.passed &= all(t.passed for t in gradient_check.second_order)
 
     sections = measure_health_and_memory(model, inputs_tuple, loss, opts, timings, report_progress)
     timings.total_s = time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from ..options import CheckOptions
 from .loss import LossFn, float_leaves
+from .reference_dtype import KeepFloat64
 
 
 class CheckError(ValueError):
@@ -24,6 +26,11 @@ class WorkingCopy:
     promoted: bool
     float_input_indices: list[int]
     notes: list[str] = field(default_factory=list)
+    keep_float64: KeepFloat64 | None = None  # set when promoted: casts below float64 are kept in float64
+
+    def reference(self) -> AbstractContextManager[object]:
+        """The context every evaluation of the reference runs in (float64 kept through the model's casts)."""
+        return self.keep_float64 if self.keep_float64 is not None else nullcontext()
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
@@ -34,11 +41,17 @@ def make_working_copy(
 ) -> WorkingCopy:
     """Deep-copy the model to the CPU in float64; fall back to its own dtype when float64 does not run."""
     notes: list[str] = []
+    keep: KeepFloat64 | None = KeepFloat64()
     try:
         promoted_model = _copy(model).to(device="cpu", dtype=torch.float64)
         promoted_inputs = tuple(_promote(t) for t in inputs)
-        dtype = _trial(promoted_model, promoted_inputs, loss, opts.seed)
+        assert keep is not None
+        with keep:
+            dtype = _trial(promoted_model, promoted_inputs, loss, opts.seed)
         module, work_inputs, promoted = promoted_model, promoted_inputs, True
+        kept = keep.describe()
+        if kept:
+            notes.append(kept)
     except CheckError:
         raise
     except Exception as exc:  # a model hard-wired to its dtype (custom kernels, explicit casts)
@@ -52,13 +65,13 @@ def make_working_copy(
             dtype = _trial(module, work_inputs, loss, opts.seed)
         except Exception as exc2:
             raise CheckError(f"the model's forward/backward raised {type(exc2).__name__}: {_first_line(exc2)}") from exc2
-        promoted = False
+        promoted, keep = False, None
     if promoted and dtype != torch.float64:
         notes.append(f"the forward computes in {str(dtype).replace('torch.', '')} internally despite float64 "
                      "promotion; tolerances use that precision")
     _freeze_running_stats(module)
     float_idx = [i for i, t in enumerate(work_inputs) if t.is_floating_point()]
-    return WorkingCopy(module, work_inputs, dtype, promoted, float_idx, notes)
+    return WorkingCopy(module, work_inputs, dtype, promoted, float_idx, notes, keep)
 
 
 def _copy(model: nn.Module) -> nn.Module:
