@@ -6,7 +6,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 from pydantic import ValidationError
@@ -69,24 +69,33 @@ def check_command(
     from .checks.working_copy import CheckError
     from .ci.config import ConfigError
     from .definitions import DefinitionError, load_definition
+    from .definitions.output_capture import CapturedOutput, output_or_none
 
+    # Whatever the model's code prints (while its file is imported and built, and in every forward) goes into
+    # the report, never onto our stdout: --json must stay one JSON document.
+    captured = CapturedOutput()
     try:
         options = check_options(mode, int(order), device, seed, fail_on, memory_budget, precision, checkpoint,
                                 batch_scaling, not no_health, not no_memory)
         from .options import CheckOptions
 
         opts = CheckOptions(**options)
-        definition = load_definition(path, import_roots())
-        from .checks.engine import check
+        show_progress = not as_json and sys.stderr.isatty()
+        with captured:
+            definition = load_definition(path, import_roots())
+            from .checks.engine import check
 
-        with progress_display(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
-                           name=definition.name, options=opts)
+            with progress_display(enabled=show_progress, file=captured.terminal) as progress:
+                report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
+                               name=definition.name, options=opts)
     except (DefinitionError, CheckError, ConfigError, click.BadParameter, ValidationError, OSError) as exc:
         if debug:
             traceback.print_exc()
+            if captured.text.strip():
+                click.echo(f"output of the model before the error:\n{captured.text.rstrip()}", err=True)
         click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    report.output = output_or_none(captured.text)
     if as_json:
         click.echo(report.to_json())
     else:
@@ -118,17 +127,23 @@ def one_line(exc: BaseException) -> str:
 class progress_display:  # noqa: N801 - used as a context manager like a function
     """A rich progress bar on stderr while a long check runs; nothing when disabled (pipes, --json)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, file: IO[str] | None = None) -> None:
         self.enabled = enabled
+        self.file = file  # the terminal's stderr, also while the model's own output is being captured
         self._bar: Any = None
         self._task: Any = None
 
     def __enter__(self) -> Any:
         if not self.enabled:
             return None
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True)
+        # Not rich's default console (stdout) and no redirection of sys.stdout/sys.stderr: those belong to the
+        # output capture while the check runs.
+        console = Console(file=self.file or sys.stderr)
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True,
+                             console=console, redirect_stdout=False, redirect_stderr=False)
         self._bar.start()
         self._task = self._bar.add_task("starting", total=1.0)
         return self.update

@@ -80,4 +80,15 @@ def render_report(report: Report) -> str:
         from .render_health import render_memory
 
         parts += ["", render_memory(report.memory)]
+    if report.output:
+        parts += ["", render_output(report.output)]
     return "\n".join(parts)
+
+
+def render_output(output: str, max_lines: int = 20) -> str:
+    """The model's own prints, last ``max_lines`` lines: enough to recognise them without burying the verdict."""
+    lines = output.rstrip("\n").splitlines()
+    shown = lines[-max_lines:]
+    head = f"Output of the model's code ({len(lines)} line{'s' if len(lines) != 1 else ''}"
+    head += f", last {len(shown)} shown; --json has all that was kept):" if len(shown) < len(lines) else "):"
+    return "\n".join([head, *(f"  | {line}" for line in shown)])

@@ -76,3 +76,39 @@ def test_committed_json_schema_matches_the_report_model() -> None:
     assert json.loads(SCHEMA_PATH.read_text()) == report_json_schema(), (
         "regenerate with: python -m gradcheck_service.report"
     )
+
+
+PRINTING_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "printing_model.py"
+MODEL_PRINTS = ["number of parameters: 8", "a child process of build()", "model built", "forward on stderr",
+                "forward at the fd level"]
+
+
+def test_json_stays_one_document_when_the_model_prints() -> None:
+    proc = run("check", str(PRINTING_MODEL), "--json", *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    report = Report.model_validate_json(proc.stdout)
+    assert report.output is not None
+    for text in MODEL_PRINTS:
+        assert text in report.output
+        assert text not in proc.stderr
+    assert report.output.index("number of parameters") < report.output.index("forward on stderr")
+
+
+def test_table_shows_what_the_model_printed() -> None:
+    result = CliRunner().invoke(main, ["check", str(PRINTING_MODEL), *QUICK])
+    assert result.exit_code == 0, result.output
+    verdict, _, section = result.output.partition("Output of the model's code")
+    assert "PASSED" in verdict and "forward on stderr" not in verdict
+    assert "  | forward at the fd level" in section and "last 20 shown" in section
+
+
+def test_ten_megabytes_of_prints_are_capped_to_head_and_tail(tmp_path: Path) -> None:
+    flood = tmp_path / "flood.py"
+    flood.write_text(PRINTING_MODEL.read_text().replace("EXTRA_BYTES = 0", "EXTRA_BYTES = 10 * 2**20"))
+    proc = run("check", str(flood), "--json", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = Report.model_validate_json(proc.stdout).output
+    assert output is not None and len(output.encode()) < 66 * 1024
+    assert output.startswith("a child process of build()\nnumber of parameters: 8\n")
+    assert "bytes of output left out" in output
+    assert "forward at the fd level" in output[-1000:]
