@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .evaluator import LossEvaluator, Target
+from .evaluator import LossEvaluator, Target, robust_scale
 from .finite_difference import REFINE_FACTOR, Differences, base_step, combine
 
 _MULTIPLIERS = torch.tensor([1.0, -1.0, 2.0, -2.0])
@@ -23,18 +23,6 @@ class Measured:
     numeric: torch.Tensor  # directional derivative along each direction (Richardson)
     error: torch.Tensor  # estimated absolute error of numeric
     kink: torch.Tensor  # bool per direction
-
-
-def coordinate_scale(base: torch.Tensor) -> torch.Tensor:
-    """Step scale per coordinate: the value's own magnitude, but never below the tensor's RMS.
-
-    Scaling the step to the value keeps ``x + h`` representable at any magnitude (1e10 or 1e-10); the RMS floor
-    keeps zero-initialised entries (biases) from getting a step of zero.
-    """
-    flat = base.detach().abs().reshape(-1)
-    rms = float(flat.pow(2).mean().sqrt()) if flat.numel() else 0.0
-    floor = rms if rms > 0 else 1.0
-    return torch.clamp(flat, min=floor)
 
 
 def measure(
@@ -70,13 +58,13 @@ def _measure_at(
         minus2.append(values[3 * k :])
     return combine(
         torch.cat(plus1), torch.cat(minus1), torch.cat(plus2), torch.cat(minus2),
-        evaluator.base_loss, step, evaluator.loss_scale, dtype,
+        evaluator.base_loss, step, evaluator.loss_scale, evaluator.noise(target), dtype,
     )
 
 
 def coordinate_directions(base: torch.Tensor, flat_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled one-hot directions for the given flat indices, and the scale of each."""
-    scale = coordinate_scale(base)[flat_indices]
+    scale = robust_scale(base)[flat_indices]
     dirs = torch.zeros((flat_indices.numel(), base.numel()), dtype=base.dtype, device=base.device)
     dirs[torch.arange(flat_indices.numel()), flat_indices] = scale.to(base.dtype)
     return dirs.reshape((flat_indices.numel(), *base.shape)), scale.to(torch.float64)
@@ -90,7 +78,7 @@ def probe_directions(base: torch.Tensor, count: int, generator: torch.Generator)
     several wrong coordinates unlikely (probability 2^-probes for a pair of equal errors).
     """
     signs = torch.randint(0, 2, (count, base.numel()), generator=generator).to(base.dtype) * 2 - 1
-    scale = coordinate_scale(base).to(base.dtype)
+    scale = robust_scale(base).to(base.dtype)
     return (signs * scale).reshape((count, *base.shape))
 
 

@@ -24,6 +24,49 @@ from torch.func import functional_call, vmap
 from .loss import LossFn, RandomProjection, float_leaves
 
 TargetKind = Literal["parameter", "input", "output"]
+# Random directions used to measure the loss's rounding noise per target (4 evaluations each).
+NOISE_DIRECTIONS = 3
+
+
+def rounding_noise(
+    losses: Callable[[Target, torch.Tensor], torch.Tensor], target: Target, seed: int
+) -> float:
+    """Standard deviation of the loss's rounding noise when ``target`` is perturbed, measured.
+
+    Along a few random directions ``d`` scaled far below a finite-difference step, the combination
+    ``f(x+2d) - f(x-2d) - 2 (f(x+d) - f(x-d))`` cancels the linear term exactly and leaves the cubic one
+    negligible, so what remains is rounding noise of variance ``10 sigma^2``. It sets the roundoff part of every
+    tolerance from the model's own arithmetic instead of a worst-case bound, so small gradients stay visible
+    where the loss is computed accurately and float32 models are not waved through where it is not.
+    """
+    base = target.base
+    if not base.numel():
+        return 0.0
+    gen = torch.Generator().manual_seed(seed + 15485863)
+    signs = torch.randint(0, 2, (NOISE_DIRECTIONS, *base.shape), generator=gen).to(base.dtype) * 2 - 1
+    d = signs * (torch.finfo(base.dtype).eps ** 0.5 * robust_scale(base).to(base.dtype).reshape(base.shape))
+    values = losses(target, torch.cat([d, -d, 2 * d, -2 * d])).to(torch.float64)
+    k = NOISE_DIRECTIONS
+    residual = values[2 * k : 3 * k] - values[3 * k :] - 2 * (values[:k] - values[k : 2 * k])
+    return float(residual.pow(2).mean().div(10).sqrt())
+
+
+def robust_scale(base: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate magnitude for steps: the value itself, but never below the tensor's typical magnitude.
+
+    Scaling a step to the value keeps ``x + h`` representable at any magnitude (1e10 or 1e-10). The floor is the
+    median magnitude, not the RMS: one huge entry (an additive attention mask of -3.4e38) would otherwise set a
+    floor that makes every other entry's step enormous. Zero tensors (fresh biases) get steps of scale 1.
+    """
+    flat = base.detach().abs().reshape(-1).to(torch.float64)
+    if not flat.numel():
+        return flat
+    finite = flat[torch.isfinite(flat)]
+    floor = float(finite.median()) if finite.numel() else 0.0
+    if floor == 0.0 and finite.numel():
+        nonzero = finite[finite > 0]
+        floor = float(nonzero.median()) if nonzero.numel() else 0.0
+    return torch.clamp(flat, min=floor if floor > 0 else 1.0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +105,7 @@ class LossEvaluator:
         self.seed = seed
         self.evaluations = 0
         self._batched_ok: dict[tuple[str, str, int], bool] = {}
+        self._noise: dict[tuple[str, str, int], float] = {}
         self._state = {k: v.detach().clone() for k, v in model.named_buffers()}
         self._output_delta: tuple[nn.Module, int, torch.Tensor] | None = None
         self._calls: dict[int, int] = {}
@@ -129,6 +173,12 @@ class LossEvaluator:
         if overrides:
             return functional_call(self.model, overrides, tuple(inputs), strict=False)
         return self.model(*inputs)
+
+    def noise(self, target: Target) -> float:
+        """Measured rounding noise of the loss when ``target`` is perturbed (see :func:`rounding_noise`)."""
+        if target.key not in self._noise:
+            self._noise[target.key] = rounding_noise(self.losses, target, self.seed)
+        return self._noise[target.key]
 
     def loss(self) -> torch.Tensor:
         with torch.no_grad():

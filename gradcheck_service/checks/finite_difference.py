@@ -27,8 +27,10 @@ import torch
 # Step multiplier in units of the value's scale. eps^(1/3) balances truncation (h^2) against roundoff (eps/h)
 # for central differences: ~6e-6 in float64, ~5e-3 in float32.
 STEP_EXPONENT = 1.0 / 3.0
-# Roundoff of a whole forward pass is many machine epsilons of the loss magnitude (sums of many terms).
-ROUNDOFF_ULPS = 64.0
+# Rounding error allowed in one loss difference: this many standard deviations of the noise measured for the
+# target (LossEvaluator.noise), and never less than a few machine epsilons of the loss's absolute magnitude.
+NOISE_SIGMAS = 4.0
+ROUNDOFF_FLOOR_ULPS = 2.0
 # Refinement factor for directions whose two step sizes disagree (suspected kinks).
 REFINE_FACTOR = 16.0
 
@@ -69,14 +71,18 @@ def combine(
     f_zero: float,
     step: float,
     loss_scale: float,
+    noise: float,
     dtype: torch.dtype,
 ) -> tuple[Differences, torch.Tensor]:
-    """Turn loss values at +-h, +-2h into derivative estimates; also return which directions look like kinks."""
+    """Turn loss values at +-h, +-2h into derivative estimates; also return which directions look like kinks.
+
+    ``noise`` is the measured standard deviation of the loss's rounding noise; ``loss_scale`` its magnitude.
+    """
     d1 = (f_plus1 - f_minus1) / (2 * step)
     d2 = (f_plus2 - f_minus2) / (4 * step)
     numeric = (4 * d1 - d2) / 3
     eps = machine_eps(dtype)
-    roundoff = ROUNDOFF_ULPS * eps * loss_scale / step
+    roundoff = max(NOISE_SIGMAS * noise, ROUNDOFF_FLOOR_ULPS * eps * loss_scale) / step
     spread = (d1 - d2).abs()
     error = spread / 3 + roundoff
     # Smooth functions give |D1 - D2| ~ h^2 |f'''| ~ eps^(2/3) relative; a kink gives O(1) relative.

@@ -107,13 +107,17 @@ def check_tensor(
     """Compare autograd with finite differences for one tensor, by coordinates and/or probes."""
     base = item.target.base
     numel = base.numel()
+    if numel == 0:  # no coordinate, and a probe over no coordinates measures nothing
+        return nothing_compared(item, "full", "none (zero-size tensor)")
     flat, coverage = plan_coordinates(numel, base.shape, options, gen)
     parts: list[Comparison] = []
     if flat.numel():
         measured = measure_coordinates(evaluator, item.target, flat, dtype)
         index = torch.stack(torch.unravel_index(flat, base.shape), dim=1) if base.dim() else flat[:, None] * 0
         parts.append(compare(item.analytic.reshape(-1)[flat], measured, index[:, : base.dim()], options, dtype))
-    n_probes = 0 if coverage == "full" else options.probes
+    # Below float64 a single coordinate's derivative is close to the rounding noise; a dense probe sums the
+    # errors of every coordinate against the same noise, so it sees a backward that is a few percent off.
+    n_probes = 0 if coverage == "full" and dtype == torch.float64 else options.probes
     probe_part = None
     if n_probes:
         dirs = probe_directions(base, n_probes, gen)
@@ -130,7 +134,8 @@ def summarize(
 ) -> TensorCheck:
     """Reduce comparisons to the per-tensor verdict the report shows."""
     pool = coords if coords is not None and coords.analytic.numel() else probes
-    assert pool is not None, "a tensor check needs coordinates or probes"
+    if pool is None or not pool.analytic.numel():
+        return nothing_compared(item, coverage, method, note)
     failed = int(coords.failed.sum()) if coords is not None else 0
     probes_failed = int(probes.failed.sum()) if probes is not None else 0
     valid = ~pool.kink
@@ -172,6 +177,19 @@ def summarize(
         worst=worst,
         unused=item.unused,
         note="; ".join(notes) or None,
+    )
+
+
+def nothing_compared(item: Checked, coverage: str, method: str, note: str | None = None) -> TensorCheck:
+    """The verdict for a tensor with no coordinate to compare (zero-size): nothing can disagree, so it passes."""
+    notes = [note] if note else []
+    notes.append("zero-size tensor: no coordinate to compare")
+    return TensorCheck(
+        name=item.name, kind=item.kind, shape=list(item.target.base.shape),
+        dtype=str(item.target.base.dtype).replace("torch.", ""), passed=True, coverage=coverage, method=method,
+        numel=item.target.base.numel(), coordinates_checked=0, probes=0, failed_coordinates=0, kinks=0,
+        max_abs_error=0.0, max_rel_error=0.0, max_error_ratio=0.0, worst=None, unused=item.unused,
+        note="; ".join(notes),
     )
 
 

@@ -13,7 +13,7 @@ from torch.func import functional_call
 from ..options import CheckOptions
 from ..report import TensorCheck
 from .directions import measure, probe_directions
-from .evaluator import Target
+from .evaluator import Target, rounding_noise
 from .gradcheck import Checked, compare, summarize
 from .loss import LossFn
 from .working_copy import WorkingCopy
@@ -50,6 +50,9 @@ class GradientDotEvaluator:
             return {n: torch.zeros_like(p) for n, p in self.params.items()}
         hv = torch.autograd.grad(s, list(params.values()), allow_unused=True)
         return {n: (torch.zeros_like(p) if g is None else g.detach()) for (n, p), g in zip(params.items(), hv, strict=True)}
+
+    def noise(self, target: Target) -> float:
+        return rounding_noise(self.losses, target, self.seed)
 
     def losses(self, target: Target, deltas: torch.Tensor) -> torch.Tensor:
         values = torch.empty(deltas.shape[0], dtype=torch.float64)
