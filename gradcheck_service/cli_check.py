@@ -95,6 +95,8 @@ def check_command(
                 click.echo(f"output of the model before the error:\n{captured.text.rstrip()}", err=True)
         click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    finally:
+        captured.close()
     report.output = output_or_none(captured.text)
     if as_json:
         click.echo(report.to_json())

@@ -28,6 +28,7 @@ from typing import Any
 
 RESULT = "result.json"
 PROGRESS = "progress.json"
+OUTPUT = "output.txt"  # stdout and stderr of the model's code while it is loaded and checked
 JOB = "job.json"
 
 # Exit codes of a job child (the result file says more).
@@ -129,6 +130,7 @@ def execute(job_dir: Path) -> dict[str, Any]:
 
     from .checks.engine import check
     from .definitions import DefinitionError, load_definition
+    from .definitions.output_capture import CapturedOutput, output_or_none
     from .options import CheckOptions
 
     job = _read_job(job_dir)
@@ -139,8 +141,12 @@ def execute(job_dir: Path) -> dict[str, Any]:
     except ValidationError as exc:
         return _error("invalid_options", str(exc))
     import_paths = [job_dir / p for p in job.get("pythonpath") or []]
+    # What the model's code prints lands in the report (capped). It is written to OUTPUT in the job directory
+    # while it runs, so that the launcher still finds it (e.g. an allocator's last words) if the child dies.
+    captured = CapturedOutput(job_dir / OUTPUT)
     try:
-        definition = load_definition(str(job_dir / job["definition"]), import_paths)
+        with captured:
+            definition = load_definition(str(job_dir / job["definition"]), import_paths)
     except DefinitionError as exc:
         contained = _contained(exc, job_dir, job)
         if contained:
@@ -151,8 +157,9 @@ def execute(job_dir: Path) -> dict[str, Any]:
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
         return _error("invalid_definition", str(exc), problems=problems)
     try:
-        report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
-                       name=job.get("name") or definition.name, options=options)
+        with captured:
+            report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
+                           name=job.get("name") or definition.name, options=options)
     except Exception as exc:  # the model's own code raised: report it as the run's error, not a crash
         contained = _contained(exc, job_dir, job)
         if contained:
@@ -163,6 +170,8 @@ def execute(job_dir: Path) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
         return _error("check_failed", message)
     progress("done", 1.0)
+    captured.close()
+    report.output = output_or_none(captured.text)
     return {"report": report.model_dump(mode="json")}
 
 

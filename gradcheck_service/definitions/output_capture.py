@@ -40,7 +40,8 @@ class CapturedOutput:
 
     ``path``: where the output is written while it runs (the job directory, so that a crash leaves it for the
     launcher to read); a temporary file otherwise. ``terminal`` is a text stream onto the stderr this process had
-    before, for what we draw ourselves meanwhile (the progress bar). ``text`` is set on exit.
+    before, for what we draw ourselves meanwhile (the progress bar). ``text`` is set on exit. It may be entered
+    again (loading the model, then checking it): the output accumulates until :meth:`close`.
     """
 
     def __init__(self, path: Path | None = None, limit_bytes: int = LIMIT_BYTES) -> None:
@@ -58,10 +59,9 @@ class CapturedOutput:
         self._streams = (sys.stdout, sys.stderr)
         for stream in self._streams:
             _flush(stream)
-        if self.path is not None:
-            self._file = self.path.open("w+b")
-        else:
-            self._file = tempfile.TemporaryFile()
+        if self._file is None:
+            self._file = self.path.open("w+b") if self.path is not None else tempfile.TemporaryFile()
+        self._file.seek(0, io.SEEK_END)
         self._saved = [_dup(1), _dup(2)]
         if self._saved[1] is not None:
             self.terminal = os.fdopen(os.dup(self._saved[1]), "w", buffering=1, encoding="utf-8",
@@ -90,10 +90,18 @@ class CapturedOutput:
         if self.terminal is not self._streams[1]:
             with contextlib.suppress(OSError):
                 self.terminal.close()
+            self.terminal = self._streams[1]
         assert self._file is not None
-        with self._file:
-            self.text, self.total_bytes = read_capped(self._file, self.limit_bytes)
+        self.text, self.total_bytes = read_capped(self._file, self.limit_bytes)
         self._ours = []
+        if exc_type is not None:  # the model's code raised: nothing more will be run under this capture
+            self.close()
+
+    def close(self) -> None:
+        """Release the file the output went to (``text`` stays)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def read_capped(handle: IO[bytes], limit_bytes: int = LIMIT_BYTES) -> tuple[str, int]:

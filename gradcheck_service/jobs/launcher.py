@@ -78,7 +78,8 @@ def _tail(path: Path, limit: int = 2000) -> str:
 
 def read_result(job_dir: Path, max_bytes: int, exit_note: str) -> Outcome:
     path = job_dir / runner.RESULT
-    stderr = _tail(job_dir / "stderr.txt")
+    # The model's own output (runner.OUTPUT) says most about a crash inside its code, e.g. an allocator's message.
+    stderr = (_tail(job_dir / runner.OUTPUT) + "\n" + _tail(job_dir / "stderr.txt")).strip("\n")
     try:
         size = path.stat().st_size
     except FileNotFoundError:
