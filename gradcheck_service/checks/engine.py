@@ -14,6 +14,7 @@ from torch import nn
 from ..options import CheckOptions
 from ..report import Environment, GradientCheck, Localization, ModelInfo, Report, TensorCheck, Timings
 from .analytic import AnalyticPass, run_analytic
+from .callables import as_module, differentiable_inputs, require_checkable
 from .evaluator import LossEvaluator, Target
 from .gradcheck import Checked, check_tensor
 from .linear_layers import check_linear_layers
@@ -26,7 +27,7 @@ __all__ = ["check", "CheckError"]
 
 
 def check(
-    model: nn.Module,
+    model: nn.Module | Callable[..., Any],
     inputs: torch.Tensor | Sequence[torch.Tensor],
     loss_fn: LossFn | None = None,
     *,
@@ -37,19 +38,22 @@ def check(
 ) -> Report:
     """Check ``model``'s backward pass against float64 finite differences and profile its training health.
 
-    ``inputs`` is one example batch (a tensor or a tuple of tensors; integer and bool tensors pass through
-    unperturbed). ``loss_fn(output, *inputs)`` defaults to a fixed random projection of every float output.
+    ``model`` may also be a module without parameters or a plain function of tensors (as for
+    ``torch.autograd.gradcheck``): then the float inputs' gradients are what is checked. ``inputs`` is one example
+    batch (a tensor or a tuple of tensors; integer and bool tensors pass through unperturbed).
+    ``loss_fn(output, *inputs)`` defaults to a fixed random projection of every float output.
     Options are the fields of :class:`CheckOptions`, as keywords or as ``options=``. The model itself is left
     exactly as it was: mode, parameters, buffers and ``.grad``.
 
-    Raises :class:`CheckError` for unusable input (not a module, no float output, a forward that raises).
+    Raises :class:`CheckError` for unusable input (not callable, no float output, a forward that raises, complex
+    or sparse tensors, neither a trainable parameter nor a float input).
     """
     opts = options if options is not None else CheckOptions(**option_values)
     if options is not None and option_values:
         raise CheckError("pass options either as keywords or as options=, not both")
-    if not isinstance(model, nn.Module):
-        raise CheckError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model, name = as_module(model, name)  # a plain function of tensors is wrapped into a module
     inputs_tuple = normalize_inputs(inputs)
+    require_checkable(model, inputs_tuple)
     report_progress = progress or (lambda _stage, _fraction: None)
     started = time.perf_counter()
     timings = Timings()
@@ -75,7 +79,8 @@ def check(
                 gradient_check.second_order = check_second_order(work, loss, opts)
                 gradient_check.passed &= all(t.passed for t in gradient_check.second_order)
 
-    sections = measure_health_and_memory(model, inputs_tuple, loss, opts, timings, report_progress)
+    sections = measure_health_and_memory(model, differentiable_inputs(model, inputs_tuple), loss, opts, timings,
+                                         report_progress)
     timings.total_s = time.perf_counter() - started
     report = Report(
         passed=False,

@@ -27,6 +27,7 @@ __all__ = [
     "Diagnosis",
     "Finding",
     "GradientNorms",
+    "InputGradient",
     "LayerSignal",
     "ParameterGradient",
     "ReluActivity",
@@ -56,6 +57,21 @@ class ParameterGradient(_Model):
         description="l2_norm / weight_norm: the relative size of one SGD step with learning rate 1 (None for a "
         "zero parameter)."
     )
+
+
+class InputGradient(_Model):
+    """Statistics of one float input's gradient: measured when the model has no trainable parameter, so the
+    inputs' gradients are the only ones a training step produces (a custom Function, a function of tensors)."""
+
+    name: str = Field(description="'input[i]', the position in the inputs tuple.")
+    shape: list[int]
+    numel: int
+    has_gradient: bool = Field(description="False when autograd produced no gradient for this input.")
+    l2_norm: float
+    max_abs: float
+    mean_abs: float
+    nan_count: int
+    inf_count: int
 
 
 class LayerSignal(_Model):
@@ -92,6 +108,10 @@ class GradientNorms(_Model):
     loss: float | None = Field(description="The loss value; None when it was NaN or Inf.")
     total_norm: float = Field(description="L2 norm of all parameter gradients together (finite entries).")
     parameters: list[ParameterGradient] = Field(default_factory=list)
+    inputs: list[InputGradient] = Field(
+        default_factory=list, description="Gradients of the float inputs, when the pass differentiated with respect "
+        "to them (a model without trainable parameters); empty otherwise."
+    )
     layers: list[LayerSignal] = Field(
         default_factory=list, description="In forward order (the order the layers finished their forward)."
     )
@@ -107,13 +127,14 @@ LossFn = Callable[..., torch.Tensor]
 
 
 def compute_loss(model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: LossFn) -> torch.Tensor:
-    """``loss_fn(model(*inputs), *inputs)``, checked to be a scalar that depends on the parameters."""
+    """``loss_fn(model(*inputs), *inputs)``, checked to be a scalar that depends on a parameter or an input."""
     loss = loss_fn(model(*inputs), *inputs)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
                          f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
     if not loss.requires_grad:
-        raise ValueError("the loss does not depend on any parameter that requires grad: nothing to differentiate")
+        raise ValueError("the loss does not depend on any parameter or input that requires grad: nothing to "
+                         "differentiate")
     return loss.reshape(())
 
 
@@ -144,6 +165,20 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     """Whether every entry is finite; a finite sum proves it in one allocation-free pass."""
     t = tensor.detach()
     return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _input_gradients(inputs: tuple[torch.Tensor, ...]) -> list[InputGradient]:
+    rows: list[InputGradient] = []
+    for i, t in enumerate(inputs):
+        if not (isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad):
+            continue
+        norm, max_abs, mean_abs, nan_count, inf_count = _finite_stats(t.grad) if t.grad is not None else (
+            0.0, 0.0, 0.0, 0, 0)
+        rows.append(InputGradient(
+            name=f"input[{i}]", shape=list(t.shape), numel=t.numel(), has_gradient=t.grad is not None,
+            l2_norm=norm, max_abs=max_abs, mean_abs=mean_abs, nan_count=nan_count, inf_count=inf_count,
+        ))
+    return rows
 
 
 def _parameter_gradients(model: nn.Module) -> list[ParameterGradient]:
@@ -254,9 +289,12 @@ def recording(model: nn.Module) -> Iterator[_SignalRecorder]:
 
 def summarize_gradients(
     model: nn.Module, recorder: _SignalRecorder, loss_value: float, device: torch.device,
-    thresholds: HealthThresholds,
+    thresholds: HealthThresholds, inputs: tuple[torch.Tensor, ...] = (),
 ) -> tuple[GradientNorms, Diagnosis]:
-    """Gradient statistics from a finished pass (``.grad`` set by it, ``recorder`` attached to it), diagnosed."""
+    """Gradient statistics from a finished pass (``.grad`` set by it, ``recorder`` attached to it), diagnosed.
+
+    Inputs that are leaves requiring grad get their own statistics (``inputs``).
+    """
     first = next(iter(model.parameters()), None)
     parameters = _parameter_gradients(model)
     norms = GradientNorms(
@@ -266,6 +304,7 @@ def summarize_gradients(
         loss=loss_value if math.isfinite(loss_value) else None,
         total_norm=math.sqrt(sum(p.l2_norm ** 2 for p in parameters)),
         parameters=parameters,
+        inputs=_input_gradients(inputs),
         layers=recorder.signals(),
         relus=recorder.relus,
     )
@@ -291,4 +330,4 @@ def analyze_gradients(
         with recording(model) as recorder:
             loss = compute_loss(model, inputs, loss_fn)
             loss.backward()
-        return summarize_gradients(model, recorder, float(loss.detach()), device, thresholds)
+        return summarize_gradients(model, recorder, float(loss.detach()), device, thresholds, inputs)

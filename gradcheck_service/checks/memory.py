@@ -144,7 +144,7 @@ def _profile(
         with seeded(options.seed, device), recording(model) if with_health else nullcontext() as recorder:
             step = measure_step(model, inputs, loss_fn, device)
         if recorder is not None:
-            health = summarize_gradients(model, recorder, step.loss_value, device, options.thresholds)
+            health = summarize_gradients(model, recorder, step.loss_value, device, options.thresholds, inputs)
         clear_grads(model)
         with seeded(options.seed, device):
             forward_s, backward_s = timed_step(model, inputs, loss_fn, device)
