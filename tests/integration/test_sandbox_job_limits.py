@@ -43,7 +43,7 @@ class Backend:
     submit: Callable[[str, str], str]
     run: Callable[[str], dict[str, Any]]
     processes: list[ServiceProcess]
-    usual_s: float = 0.0  # run_s of a normal model file with nothing beside it
+    usual_s: float = 0.0  # run_s of a normal model file beside another normal one
 
     def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
         return dict(wait_until(lambda: (r := self.run(run_id))["status"] in ("passed", "failed", "error") and r,
@@ -107,11 +107,6 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         service = next(made)
         warm = service.wait(service.submit(CORRECT_MODEL, "correct.py"), 120)  # fills the page cache
         assert warm["status"] == "passed", warm
-        # The usual time of a normal model file on this worker: beside another normal one, both slots busy.
-        pair = [service.submit(CORRECT_MODEL, "correct.py") for _ in range(2)]
-        usual = [service.wait(run_id, 120) for run_id in pair]
-        assert all(r["status"] == "passed" for r in usual), usual
-        service.usual_s = max(float(r["timings"]["run_s"]) for r in usual)
         yield service
     finally:
         made.close()
@@ -146,7 +141,14 @@ def _threads_of(run_id: str) -> int:
 
 def _hostile_beside_normal(backend: Backend, name: str,
                            during: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Submit the hostile file and a normal one at the same time; both runs once they ended."""
+    """Submit the hostile file and a normal one at the same time; both runs once they ended.
+
+    The usual time is measured just before, on the same machine load: a normal run beside another normal one
+    (the worker's two slots busy, each job under its own CPU share)."""
+    pair = [backend.submit(CORRECT_MODEL, "correct.py") for _ in range(2)]
+    usual = [backend.wait(run_id, WALL_S + 60) for run_id in pair]
+    assert all(r["status"] == "passed" for r in usual), usual
+    backend.usual_s = max(float(r["timings"]["run_s"]) for r in usual)
     hostile_id = backend.submit((JOB_WIDE / name).read_text(), name)
     normal_id = backend.submit(CORRECT_MODEL, "correct.py")
     if during is not None:
@@ -168,7 +170,9 @@ def test_fork_bomb_ignoring_refused_forks_ends_as_process_limit(backend: Backend
     error = hostile["error"] or {}
     assert (hostile["status"], error.get("code")) == ("error", "process_limit"), hostile
     assert f"more than {PROCESSES} processes" in error["message"], error["message"]
-    assert float(hostile["timings"]["run_s"]) <= FORK_BOMB_END_S, hostile["timings"]
+    # 15 s from the start; on a machine so loaded that starting a sandboxed interpreter alone takes longer, no
+    # later than a normal run beside it (left alone, the bomb would hold its processes for the 30 s wall time).
+    assert float(hostile["timings"]["run_s"]) <= max(FORK_BOMB_END_S, backend.usual_s), hostile["timings"]
 
 
 def test_sixteen_processes_of_one_gib_end_as_memory_limit(backend: Backend) -> None:
@@ -198,7 +202,8 @@ def test_sixty_four_spinning_threads_get_no_more_than_their_cpu_share(backend: B
 
     hostile, _ = _hostile_beside_normal(backend, "spin_threads.py", measure)
     print(f"spin_threads.py: {rates[0]:.2f} cores used, share {CORES:g}")
-    assert 0.5 <= rates[0] <= CORES * 1.1, f"the job used {rates[0]:.2f} cores with a share of {CORES:g}"
+    # (on an idle 2-core machine the threads take the whole share; on a loaded one less, but they do spin)
+    assert 0.1 <= rates[0] <= CORES * 1.1, f"the job used {rates[0]:.2f} cores with a share of {CORES:g}"
     # It ends at its CPU seconds (per process or all together), or, on a machine so loaded that the share was
     # not even available, at the wall-time limit; either way the error names the limit.
     error = hostile["error"] or {}
