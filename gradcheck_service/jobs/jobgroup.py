@@ -124,15 +124,16 @@ class JobGroup:
         """The job-wide limit this job has gone past, or None. Memory first: a job killed by the memory limit
         often shows refused forks and CPU time too."""
         limits = self.limits
-        if self.memory_kills():
-            peak = self.memory_peak()
+        kernel = self.mechanism.startswith("cgroup")  # else the watchdog's samples, not the kernel's counts
+        if kills := self.memory_kills():
+            how = f"{kills} killed by the limit" if kernel else "measured by the watchdog"
             return Breach("memory_limit", f"memory limit: the check's processes together reached the job's memory "
-                          f"limit of {_gib(limits.memory_bytes)} (peak {_gib(peak)}, {self.memory_kills()} "
-                          "killed by the limit); the job was ended")
-        refused = self.refused_forks()
-        if refused:
+                          f"limit of {_gib(limits.memory_bytes)} (peak {_gib(self.memory_peak())}, {how}); the job "
+                          "was ended")
+        if refused := self.refused_forks():
+            how = f"{refused:,} refused" if kernel else "held at the limit"
             return Breach("process_limit", f"process limit: the model tried to start more than {limits.processes} "
-                          f"processes or threads, the job's limit ({refused:,} refused); the job was ended")
+                          f"processes or threads, the job's limit ({how}); the job was ended")
         used = self.cpu_seconds()
         if used > limits.cpu_seconds:
             wall = time.monotonic() - self.started_at
