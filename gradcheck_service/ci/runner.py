@@ -178,7 +178,13 @@ def _fill(result: ModelResult, run: dict[str, Any]) -> None:
         return
     report = _report_of(run)
     if report is None:
-        result.error = f"run {run['id']} finished as {run['status']} but its report could not be read"
+        why = ""
+        try:
+            Report.model_validate(run.get("report"))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            why = f" ({'.'.join(str(p) for p in first['loc'])}: {first['msg']}; server and client versions differ?)"
+        result.error = f"run {run['id']} finished as {run['status']} but its report could not be read{why}"
         return
     result.report, result.status = report, _status(report)
 
