@@ -23,8 +23,13 @@ def float_leaves(output: Any) -> Iterator[torch.Tensor]:
             yield from float_leaves(item)
 
 
+IMAGINARY_OFFSET = 1_000_000  # weight positions of the imaginary parts of complex outputs, apart from the real ones
+
+
 class RandomProjection:
     """``sum(u_i * y_i)`` over every float output element, with ``u`` fixed by a seed.
+
+    A complex output contributes its real and imaginary parts, each projected with weights of its own.
 
     A random projection makes every output element matter to the loss (a plain sum would hide errors that sum to
     zero, e.g. in a softmax's Jacobian), and it is the same on every evaluation because ``u`` is generated once per
@@ -47,7 +52,11 @@ class RandomProjection:
     def __call__(self, output: Any, *inputs: torch.Tensor) -> torch.Tensor:
         total: torch.Tensor | None = None
         for position, leaf in enumerate(float_leaves(output)):
-            term = (leaf * self.weight(position, leaf)).sum()
+            if leaf.is_complex():  # both parts matter, each with its own weights: a real loss, as autograd needs
+                term = (leaf.real * self.weight(position, leaf.real)).sum() + (
+                    leaf.imag * self.weight(IMAGINARY_OFFSET + position, leaf.imag)).sum()
+            else:
+                term = (leaf * self.weight(position, leaf)).sum()
             total = term if total is None else total + term
         if total is None:
             raise ValueError("the model's output has no floating-point tensor to differentiate")

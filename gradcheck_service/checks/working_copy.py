@@ -91,7 +91,7 @@ def _trial(module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, se
     seen: set[torch.dtype] = set()
 
     def record(_m: nn.Module, _i: object, out: object) -> None:
-        seen.update(t.dtype for t in float_leaves(out))
+        seen.update(t.real.dtype if t.is_complex() else t.dtype for t in float_leaves(out))  # complex128: float64
 
     handles = [m.register_forward_hook(record) for m in module.modules()]
     state = {k: v.detach().clone() for k, v in module.named_buffers()}

@@ -157,3 +157,26 @@ def test_complex_parameter_is_refused_by_name() -> None:
 def test_not_callable_is_a_check_error() -> None:
     with pytest.raises(CheckError, match="callable"):
         check(42, torch.ones(2))  # type: ignore[arg-type]
+
+
+def test_complex_output_of_real_inputs_is_checked_in_float64() -> None:
+    def spectrum(x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(x * x)
+
+    report = check(spectrum, torch.randn(2, 8), health=False, memory=False)
+    assert report.passed, report.failed_because
+    assert report.gradient_check.dtype == "float64"  # complex128 is float64 precision, not a lower one
+
+
+def test_wrong_backward_into_a_complex_output_fails() -> None:
+    class HalfImaginary(Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[no-untyped-def, override]
+            return torch.complex(x, 2 * x)
+
+        @staticmethod
+        def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+            return grad.real + grad.imag  # the imaginary part's factor 2 is missing
+
+    report = check(HalfImaginary.apply, torch.randn(5), health=False, memory=False)
+    assert not report.passed
