@@ -17,6 +17,11 @@ Example::
     path = "models/encoder.py"
     fail-on = ["exploding"]
     memory-budget = "2GiB"
+
+Models may also be listed inline, ``models = ["checks/a.py", { path = "checks/b.py", mode = "full" }]``.
+``pythonpath = ["src"]`` names the folders (besides the repository root, the folder of this file) that the
+repository's modules are imported from; a model's ``include`` globs add files sent to a server with its check
+file beyond the ones it imports.
 """
 
 from __future__ import annotations
