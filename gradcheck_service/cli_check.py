@@ -110,12 +110,15 @@ def check_command(
 def import_roots() -> list[Path]:
     """The current directory (the repository root) and the `pythonpath` of its gradcheck configuration, if any:
     a model file imports the repository's modules from there, as in ``ci``."""
-    from .ci.config import find_config, load_config
+    from .ci.config import ConfigError, find_config
 
     root = Path.cwd().resolve()
-    if find_config(root) is None:
-        return [root]
-    return [*load_config(directory=root).pythonpath, root]
+    found = find_config(root)
+    extra = found[1].get("pythonpath", []) if found else []
+    if not isinstance(extra, list) or not all(isinstance(p, str) for p in extra):
+        raise ConfigError(f"{found[0].name if found else 'configuration'}: pythonpath: expected a list of folders, "
+                          'e.g. ["src"]')
+    return [*(root / p for p in extra if (root / p).is_dir()), root]
 
 
 def one_line(exc: BaseException) -> str:

@@ -134,7 +134,9 @@ def _suite(result: ModelResult) -> ET.Element:
     report = result.report
     if report is None:
         case = suite.case("gradient check", result.duration_s)
-        suite.fail(case, _first_line(result.error or "the check did not finish"), result.error or "", kind="error")
+        message = _first_line(result.error or "the check did not finish")
+        rest = "\n".join((result.error or "").splitlines()[1:])  # the first line is the message: not repeated
+        suite.fail(case, message, rest, kind="error")
     else:
         _gradient_case(suite, report)
         _localization_case(suite, report)

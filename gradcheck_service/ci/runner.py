@@ -84,7 +84,8 @@ def import_roots(config: CiConfig) -> list[Path]:
 
 
 def _progress_line(result: ModelResult) -> str:
-    detail = f": {result.error}" if result.error else ""
+    # The error itself is told once, in the summary printed at the end (and in the JUnit file), not here too.
+    detail = " (the summary below says why)" if result.error else ""
     return f"{result.name}: {result.status} ({result.duration_s:.1f} s){detail}"
 
 

@@ -175,7 +175,10 @@ def _through_service(url: str, token: str, tmp_path: Path) -> None:
     assert missing.returncode == 3, missing.stdout + missing.stderr
     assert "[missing_package] the model imports 'tiny_attention_kernels'" in missing.stdout
     assert "heads.py" in missing.stdout and "torch " in missing.stdout
-    assert missing.stdout.count("No module named 'tiny_attention_kernels'") == 1  # said once, in the summary
+    output = missing.stdout + missing.stderr
+    assert output.count("No module named 'tiny_attention_kernels'") == 1  # said once, in the summary
+    junit = (repo.root / "reports" / "gradcheck.xml").read_text()
+    assert junit.count("No module named 'tiny_attention_kernels'") == 1 and "missing_package" in junit
     workers = _get(f"{url}/api/v1/environment", token)["workers"]
     assert workers and any(p["name"] == "torch" for p in workers[0]["packages"])
 
