@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.request
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -128,50 +129,53 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _through_service(url: str, token: str, tmp_path: Path) -> None:
-    """The same three outcomes as locally, each layout's runs on `main` being the baseline of its branch."""
+def _layout_flow(url: str, token: str, tmp_path: Path, layout: str) -> None:
+    """A correct model passes on `main` with every file stored; a wider one on a branch is a regression."""
     env = clean_env(GRADCHECK_TOKEN=token)
-    for layout in LAYOUTS:
-        repo = LayoutRepository(tmp_path / layout, layout)
-        main = repo.ci("--server", url, env=env)
-        assert main.returncode == 0, f"{layout}: {main.stdout}{main.stderr}"
-        run = _get(f"{url}/api/v1/runs?branch=main&model={repo.model}", token)["runs"][0]
-        definition = _get(f"{url}/api/v1/runs/{run['id']}/definition", token)
-        files = {f["path"] for f in definition["files"]}
-        if layout == "root_model":
-            assert definition["entry"] == "gradcheck/tiny_check.py" and files == {"gradcheck/tiny_check.py",
-                                                                                   "model.py"}
-        elif layout == "src_package":
-            assert definition["pythonpath"] == ["src", "."]
-            assert files == {"checks/net_check.py", "src/mylib/__init__.py", "src/mylib/net.py",
-                             "src/mylib/layers.py", "src/mylib/config.py"}
-        else:
-            assert files == {"checks/network_check.py", "network.py", "blocks.py", "heads.py"}
+    repo = LayoutRepository(tmp_path / layout, layout)
+    main = repo.ci("--server", url, env=env)
+    assert main.returncode == 0, f"{layout}: {main.stdout}{main.stderr}"
+    run = _get(f"{url}/api/v1/runs?branch=main&model={repo.model}", token)["runs"][0]
+    definition = _get(f"{url}/api/v1/runs/{run['id']}/definition", token)
+    files = {f["path"] for f in definition["files"]}
+    if layout == "root_model":
+        assert definition["entry"] == "gradcheck/tiny_check.py" and files == {"gradcheck/tiny_check.py", "model.py"}
+    elif layout == "src_package":
+        assert definition["pythonpath"] == ["src", "."]
+        assert files == {"checks/net_check.py", "src/mylib/__init__.py", "src/mylib/net.py", "src/mylib/layers.py",
+                         "src/mylib/config.py"}
+    else:
+        assert files == {"checks/network_check.py", "network.py", "blocks.py", "heads.py"}
 
-        repo.git("checkout", "-q", "-b", "wider")
-        repo.widen()
-        repo.commit("widen the hidden layer")
-        _assert_regression(repo, repo.ci("--server", url, "--fail-on", "regression", env=env))
+    repo.git("checkout", "-q", "-b", "wider")
+    repo.widen()
+    repo.commit("widen the hidden layer")
+    _assert_regression(repo, repo.ci("--server", url, "--fail-on", "regression", env=env))
 
-    # `submit` sends the same archive from the repository root (its configuration's pythonpath applies).
-    repo = LayoutRepository(tmp_path / "submitted", "src_package")
-    script = Path(sys.executable).parent / "gradcheck-service"
-    submitted = subprocess.run([str(script), "submit", "checks/net_check.py", "--server", url, "--wait"],
-                               cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    assert ": passed (model net_check" in submitted.stdout
 
+def _broken_and_submitted_flow(url: str, token: str, tmp_path: Path) -> None:
+    env = clean_env(GRADCHECK_TOKEN=token)
     repo = LayoutRepository(tmp_path / "broken", "src_package")
     repo.git("checkout", "-q", "-b", "broken")
     repo.break_backward()
     repo.commit("drop a factor in the backward")
     _assert_package_module_named(repo, repo.ci("--server", url, env=env))
 
-    # A third-party package the workers lack: the run ends in error naming it and pointing at the package list.
+    # `submit` sends the same archive from the repository root (its configuration's pythonpath applies).
+    script = Path(sys.executable).parent / "gradcheck-service"
+    submitted = subprocess.run([str(script), "submit", "checks/net_check.py", "--server", url, "--wait"],
+                               cwd=repo.root, env=env, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 1, submitted.stdout + submitted.stderr
+    assert ": failed (model net_check" in submitted.stdout and "faulty modules: act" in submitted.stdout
+
+
+def _missing_package_flow(url: str, token: str, tmp_path: Path) -> None:
+    """A third-party package the workers lack: the run ends in error naming it, said once."""
     repo = LayoutRepository(tmp_path / "needs-package", "three_modules")
+    repo.git("checkout", "-q", "-b", "kernels")
     heads = repo.root / "heads.py"
     heads.write_text("import tiny_attention_kernels  # noqa: F401\n" + heads.read_text())
-    missing = repo.ci("--server", url, env=env)
+    missing = repo.ci("--server", url, env=clean_env(GRADCHECK_TOKEN=token))
     assert missing.returncode == 3, missing.stdout + missing.stderr
     assert "[missing_package] the model imports 'tiny_attention_kernels'" in missing.stdout
     assert "heads.py" in missing.stdout and "torch " in missing.stdout
@@ -181,6 +185,16 @@ def _through_service(url: str, token: str, tmp_path: Path) -> None:
     assert junit.count("No module named 'tiny_attention_kernels'") == 1 and "missing_package" in junit
     workers = _get(f"{url}/api/v1/environment", token)["workers"]
     assert workers and any(p["name"] == "torch" for p in workers[0]["packages"])
+
+
+def _through_service(url: str, token: str, tmp_path: Path) -> None:
+    """Every flow at once, as several CI jobs of a team would submit (each model has its own name)."""
+    flows = [lambda layout=layout: _layout_flow(url, token, tmp_path, layout) for layout in LAYOUTS]
+    flows += [lambda: _broken_and_submitted_flow(url, token, tmp_path),
+              lambda: _missing_package_flow(url, token, tmp_path)]
+    with ThreadPoolExecutor(max_workers=len(flows)) as pool:
+        for future in [pool.submit(flow) for flow in flows]:
+            future.result()
 
 
 def test_layouts_through_the_embedded_service(tmp_path: Path) -> None:
