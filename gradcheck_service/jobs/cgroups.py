@@ -229,7 +229,15 @@ def _v2_jobs_parent(mount: Path, own: str) -> Path:
         write_file(base / "cgroup.subtree_control", " ".join(f"+{c}" for c in V2_CONTROLLERS))
     if not wanted <= set(read_file(parent / "cgroup.subtree_control").split()):
         write_file(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in V2_CONTROLLERS))
+    _weigh(parent / "cpu.weight", 100, 10_000)
     return parent
+
+
+def _weigh(path: Path, per_cpu: int, most: int) -> None:
+    """Give the parent of all jobs the scheduling weight of one busy process per CPU (default: one process), so
+    checks together are not starved by the machine's other processes; each job is still held to its quota."""
+    with contextlib.suppress(OSError):
+        write_file(path, str(min(most, per_cpu * len(os.sched_getaffinity(0)))))
 
 
 def _v1_jobs_parents(mounts: Mapping[str, Path], own: Mapping[str, str]) -> dict[str, Path]:
@@ -239,6 +247,7 @@ def _v1_jobs_parents(mounts: Mapping[str, Path], own: Mapping[str, str]) -> dict
     parents = {c: _under(mounts[c], own[c]) / PARENT for c in V1_CONTROLLERS}
     for path in dict.fromkeys(parents.values()):
         _make_dir(path)
+    _weigh(parents["cpu"] / "cpu.shares", 1024, 262_144)
     return parents
 
 

@@ -5,7 +5,7 @@ Each case submits a hostile model file (tests/fixtures/hostile/job_wide) togethe
 asserts: the hostile run ends with the job-wide limit named, in time; the normal run passes within twice its usual
 time (a normal run beside another normal one: the worker's two slots busy, as in service); no process of the
 hostile job and no job cgroup remain; nothing outside the job was killed.
-Limits: 2 GiB of memory, 128 processes, 1 core and 12 CPU seconds per job, wall 30 s.
+Limits: 2 GiB of memory, 128 processes, 1 core and 12 CPU seconds per job, wall 60 s.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.service_support import ROOT, ServiceProcess, cli, free_port, service_
 pytestmark = pytest.mark.integration
 
 JOB_WIDE = ROOT / "tests" / "fixtures" / "hostile" / "job_wide"
-MEMORY_GIB, PROCESSES, CORES, CPU_S, WALL_S = 2, 128, 1.0, 12, 30
+MEMORY_GIB, PROCESSES, CORES, CPU_S, WALL_S = 2, 128, 1.0, 12, 60
 LIMITS = {"RUN_TIMEOUT_S": WALL_S, "SANDBOX_CPU_S": CPU_S, "SANDBOX_PROCESSES": PROCESSES,
           "SANDBOX_MEMORY_BYTES": MEMORY_GIB * 2**30, "SANDBOX_CPU_CORES": CORES}
 FORK_BOMB_END_S = 15  # the issue's bound for the fork bomb that ignores refused forks
@@ -166,13 +166,14 @@ def _hostile_beside_normal(backend: Backend, name: str,
 
 
 def test_fork_bomb_ignoring_refused_forks_ends_as_process_limit(backend: Backend) -> None:
-    hostile, _ = _hostile_beside_normal(backend, "fork_bomb_ignoring_refusals.py")
+    hostile, normal = _hostile_beside_normal(backend, "fork_bomb_ignoring_refusals.py")
     error = hostile["error"] or {}
     assert (hostile["status"], error.get("code")) == ("error", "process_limit"), hostile
     assert f"more than {PROCESSES} processes" in error["message"], error["message"]
-    # 15 s from the start; on a machine so loaded that starting a sandboxed interpreter alone takes longer, no
-    # later than a normal run beside it (left alone, the bomb would hold its processes for the 30 s wall time).
-    assert float(hostile["timings"]["run_s"]) <= max(FORK_BOMB_END_S, backend.usual_s), hostile["timings"]
+    # 15 s from the start; on a machine so loaded that starting a sandboxed interpreter alone takes longer, within
+    # a few seconds of the normal run started beside it (left alone, the bomb would last the 60 s wall time).
+    bound = max(FORK_BOMB_END_S, float(normal["timings"]["run_s"]) + 5)
+    assert float(hostile["timings"]["run_s"]) <= bound, hostile["timings"]
 
 
 def test_sixteen_processes_of_one_gib_end_as_memory_limit(backend: Backend) -> None:
