@@ -39,6 +39,28 @@ CUDA_PEAK_METHOD = "torch.cuda.max_memory_allocated (caching allocator peak)"
 LOSS_LABEL = "(loss)"
 
 
+_COMPRESSED_PARTS = {
+    torch.sparse_csr: ("crow_indices", "col_indices"), torch.sparse_bsr: ("crow_indices", "col_indices"),
+    torch.sparse_csc: ("ccol_indices", "row_indices"), torch.sparse_bsc: ("ccol_indices", "row_indices"),
+}
+
+
+def dense_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The strided tensors whose storages hold ``tensor``'s memory: itself, or a sparse tensor's indices and values.
+
+    A sparse tensor has no storage of its own (``untyped_storage()`` raises); a model or function may build one
+    inside its forward (``to_sparse``). Other layouts hold nothing this module can attribute and are left out.
+    """
+    if tensor.layout == torch.strided:
+        return [tensor]
+    if tensor.layout == torch.sparse_coo:
+        return [tensor._indices(), tensor._values()]
+    names = _COMPRESSED_PARTS.get(tensor.layout)
+    if names is None:
+        return []
+    return [getattr(tensor, names[0])(), getattr(tensor, names[1])(), tensor.values()]
+
+
 def storage_key(tensor: torch.Tensor) -> tuple[str, int]:
     """Identity of a tensor's storage: device and data pointer (views of one storage share it)."""
     return str(tensor.device), tensor.untyped_storage().data_ptr()
@@ -81,9 +103,8 @@ class AllocationTracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if is_untracked():
             return out
-        inputs = {id(a.untyped_storage()) for a in _tensors((args, kwargs))}
-        for result in _tensors(out):
-            storage = result.untyped_storage()
+        inputs = {id(part.untyped_storage()) for a in _tensors((args, kwargs)) for part in dense_parts(a)}
+        for storage in (part.untyped_storage() for result in _tensors(out) for part in dense_parts(result)):
             key = id(storage)
             if key in inputs or key in self._alive:
                 continue  # a view or in-place result: no new memory
@@ -162,13 +183,14 @@ class _SavedTensorCounter:
         self.saved_tensors += 1
         if owner == LOSS_LABEL:
             self.loss_saved_tensors += 1
-        key = storage_key(tensor)
-        if key in self.param_keys or key in self.seen:
-            return
-        self.seen[key] = (tensor, owner)
-        entry = self.by_module.setdefault(owner, ModuleSaved(type=self._types.get(owner, "")))
-        entry.bytes += tensor.untyped_storage().nbytes()
-        entry.tensors += 1
+        for part in dense_parts(tensor):
+            key = storage_key(part)
+            if key in self.param_keys or key in self.seen:
+                continue
+            self.seen[key] = (part, owner)
+            entry = self.by_module.setdefault(owner, ModuleSaved(type=self._types.get(owner, "")))
+            entry.bytes += part.untyped_storage().nbytes()
+            entry.tensors += 1
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         self._record(tensor)

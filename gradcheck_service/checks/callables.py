@@ -84,4 +84,13 @@ def differentiable_inputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) ->
     """
     if any(p.requires_grad for p in model.parameters()):
         return inputs
-    return tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
+    return tuple(_gradient_leaf(t) if t.is_floating_point() else t for t in inputs)
+
+
+def _gradient_leaf(t: torch.Tensor) -> torch.Tensor:
+    leaf = t.detach().requires_grad_(True)
+    # The profile runs several backward passes into the same leaves. An operator whose derivative is identically
+    # zero (sgn of a real input) hands autograd an immutable zero tensor, which the first pass stores as ``.grad``
+    # and the second cannot add to; a materialized copy can be added to.
+    leaf.register_hook(lambda grad: grad.clone() if grad._is_zerotensor() else grad)
+    return leaf

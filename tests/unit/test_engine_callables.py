@@ -180,3 +180,12 @@ def test_wrong_backward_into_a_complex_output_fails() -> None:
 
     report = check(HalfImaginary.apply, torch.randn(5), health=False, memory=False)
     assert not report.passed
+
+
+def test_sparse_tensor_inside_the_forward_is_profiled() -> None:
+    def through_sparse(x: torch.Tensor) -> torch.Tensor:
+        return (x.to_sparse() * 3.0).to_dense().tanh()
+
+    report = check(through_sparse, torch.randn(4, 3))
+    assert report.passed, report.failed_because
+    assert report.memory is not None and report.memory.peak_increase_bytes > 0
