@@ -96,6 +96,19 @@ def test_sandbox_check_command_reports_and_exits_by_policy(bubblewrap: None) -> 
     answer = json.loads(done.stdout)
     assert answer["network_isolated"] and answer["python_model_files"] == "run"
     assert answer["limits"]["processes"] == service_config.DEFAULTS["SANDBOX_PROCESSES"]
+    assert answer["job_limits"] in ("cgroup-v2", "cgroup-v1", "watchdog")
+    assert answer["limits"]["memory_bytes"] >= 2**28 and answer["limits"]["cpu_cores"] >= 0.25
+
+
+def test_job_wide_defaults_share_the_machine_between_concurrent_checks() -> None:
+    one = sandbox.Limits.from_config(service_config.load({}))
+    four = sandbox.Limits.from_config(service_config.load({"GRADCHECK_WORKER_CONCURRENCY": "4"}))
+    # Four hostile checks at once fit in three quarters of the memory and leave the worker half a core.
+    assert 4 * four.memory_bytes <= 0.75 * sandbox._machine_memory() and four.memory_bytes < one.memory_bytes
+    assert 4 * four.cpu_cores <= max(1.0, sandbox._machine_cpus() - 0.5) and four.cpu_cores < one.cpu_cores
+    set_here = sandbox.Limits.from_config(service_config.load({"GRADCHECK_SANDBOX_MEMORY_BYTES": str(2**31),
+                                                               "GRADCHECK_SANDBOX_CPU_CORES": "1.5"}))
+    assert (set_here.memory_bytes, set_here.cpu_cores) == (2**31, 1.5)
 
 
 def test_sandboxed_command_is_cut_off(tmp_path: Path, bubblewrap: None) -> None:
