@@ -114,7 +114,7 @@ def _machine_cpus() -> float:
 
 def default_cpu_cores(jobs: int) -> float:
     """The worker's CPUs less half a core for the worker itself, shared by ``jobs`` checks at once."""
-    return round(max(0.25, (_machine_cpus() - 0.5) / jobs), 2)
+    return max(0.25, int((_machine_cpus() - 0.5) / jobs * 100) / 100)  # hundredths, rounded down
 
 
 @dataclass(frozen=True)
