@@ -53,12 +53,12 @@ def render_gradient_check(report: Report) -> str:
 
 def render_report(report: Report) -> str:
     gc = report.gradient_check
-    verdict = "PASSED" if report.passed else "FAILED"
+    verdict = report.verdict.upper()
     parts = [
         f"{report.model.name}: {verdict}  ({report.model.trainable_parameters:,} trainable parameters, checked in "
         f"{gc.dtype}, {gc.mode} mode, {gc.evaluations:,} evaluations, {report.timings.gradient_check_s:.2f} s)",
     ]
-    parts.extend(f"  - {reason}" for reason in report.failed_because)
+    parts.extend(f"  - {reason}" for reason in report.failed_because + report.inconclusive_because)
     if report.localization.performed:
         if report.localization.faulty_modules:
             parts.append("faulty modules (their own backward disagrees with finite differences of their forward):")

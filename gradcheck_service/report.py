@@ -63,6 +63,8 @@ class TensorCheck(_Model):
     )
     worst: Coordinate | None = Field(None, description="The comparison closest to (or furthest beyond) its tolerance.")
     unused: bool = Field(False, description="Autograd gave no gradient (None); compared as zero.")
+    resolved: bool = Field(True, description="False when the tolerance is above the tensor's largest gradient: a "
+                           "gradient wrong by its own size could pass, so the tensor was not meaningfully checked.")
     note: str | None = None
 
 
@@ -79,6 +81,8 @@ class GradientCheck(_Model):
     inputs: list[TensorCheck] = Field(default_factory=list)
     frozen_parameters: list[str] = Field(default_factory=list, description="requires_grad=False; not checked.")
     second_order: list[TensorCheck] = Field(default_factory=list, description="order=2: gradient of the gradient.")
+    reproducible: bool = Field(True, description="The loss at the unperturbed point came out the same on two "
+                               "evaluations; when it did not, no finite difference means anything.")
     notes: list[str] = Field(default_factory=list)
 
 
@@ -131,7 +135,12 @@ class Environment(_Model):
 class Report(_Model):
     schema_version: str = SCHEMA_VERSION
     passed: bool = Field(description="Gradient check passed and no diagnosis named in fail_on was found.")
+    verdict: Literal["passed", "failed", "inconclusive"] = Field(
+        "failed", description="passed; failed (failed_because says why); inconclusive: nothing wrong was found but "
+        "the check could not compare enough to say the gradients are right (inconclusive_because says why). "
+        "Inconclusive is not passing.")
     failed_because: list[str] = Field(default_factory=list)
+    inconclusive_because: list[str] = Field(default_factory=list)
     model: ModelInfo
     options: CheckOptions
     gradient_check: GradientCheck

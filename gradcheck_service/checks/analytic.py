@@ -52,11 +52,12 @@ def run_analytic(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> Analyti
         out = module(*args)
         value = loss(out, *args)
         float_args = [args[i] for i in work.float_input_indices]
-        grads = torch.autograd.grad(value, params + float_args, allow_unused=True) if value.requires_grad else (
-            [None] * (len(params) + len(float_args)))
+        grads = _training_gradients(value, params + float_args)
     finally:
         for h in handles:
             h.remove()
+        for p in module.parameters():
+            p.grad = None
         if opts.device == "cuda":
             del module
     param_names = [n for n, _ in work.trainable_parameters()]
@@ -65,6 +66,19 @@ def run_analytic(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> Analyti
         input_grads={i: _cpu(g) for i, g in zip(work.float_input_indices, grads[len(params):], strict=True)},
         layer_calls={k: [LayerCall(c.x.cpu(), c.z.cpu(), _cpu(c.grad_z)) for c in v] for k, v in calls.items()},
     )
+
+
+def _training_gradients(value: torch.Tensor, wrt: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """What ``loss.backward()`` leaves in ``.grad``: the gradients an optimizer step would use.
+
+    Not ``torch.autograd.grad``: layers that compute their own weight gradients with an inner ``.backward()``
+    (reversible layers) or deliver them through hooks reach ``.grad`` only, and training sees exactly that.
+    """
+    for t in wrt:
+        t.grad = None
+    if value.requires_grad:
+        value.backward()
+    return [None if t.grad is None else t.grad.detach() for t in wrt]
 
 
 def _recorder(name: str, calls: dict[str, list[LayerCall]]) -> Callable[..., None]:

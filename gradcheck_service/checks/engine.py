@@ -16,7 +16,7 @@ from ..report import Environment, GradientCheck, Localization, ModelInfo, Report
 from .analytic import AnalyticPass, run_analytic
 from .callables import as_module, differentiable_inputs, require_checkable
 from .evaluator import LossEvaluator, Target
-from .gradcheck import Checked, check_tensor
+from .gradcheck import Checked, check_tensor, no_gradient_by_design
 from .linear_layers import check_linear_layers
 from .loss import LossFn, resolve_loss
 from .working_copy import CheckError, WorkingCopy, make_working_copy
@@ -94,7 +94,10 @@ def check(
         **sections,
     )
     report.failed_because = verdict_reasons(report, opts)
-    report.passed = not report.failed_because
+    report.inconclusive_because = inconclusive_reasons(report.gradient_check)
+    report.verdict = ("failed" if report.failed_because else "inconclusive" if report.inconclusive_because
+                      else "passed")
+    report.passed = report.verdict == "passed"
     report_progress("done", 1.0)
     return report
 
@@ -114,18 +117,20 @@ def run_gradient_check(
     evaluator = LossEvaluator(work.module, work.inputs, loss, opts.seed, chunk_size=opts.chunk_size)
     gen = torch.Generator().manual_seed(opts.seed + 7919)
     by_output, notes = check_linear_layers(work, analytic, evaluator, opts, gen)
-    items = checked_tensors(work, analytic)
+    reproducible = is_reproducible(evaluator, work.dtype)
+    items = checked_tensors(work, analytic) if reproducible else []
     total = max(len(items), 1)
     results: dict[str, TensorCheck] = {}
     for i, item in enumerate(items):
         progress("gradient check", i / total)
         results[item.name] = by_output.get(item.name) or check_tensor(evaluator, item, opts, work.dtype, gen)
     progress("gradient check", 1.0)
-    params = [results[n] for n, _ in work.trainable_parameters()]
-    inputs = [results[f"input[{i}]"] for i in work.float_input_indices]
+    params = [results[n] for n, _ in work.trainable_parameters() if n in results]
+    inputs = [results[f"input[{i}]"] for i in work.float_input_indices if f"input[{i}]" in results]
     return (
         GradientCheck(
-            passed=all(t.passed for t in params + inputs),
+            passed=reproducible and all(t.passed for t in params + inputs),
+            reproducible=reproducible,
             mode=opts.mode,
             order=opts.order,
             dtype=str(work.dtype).replace("torch.", ""),
@@ -143,13 +148,22 @@ def run_gradient_check(
     )
 
 
+def is_reproducible(evaluator: LossEvaluator, dtype: torch.dtype) -> bool:
+    """Evaluate the unperturbed loss again: a forward that reseeds its RNG or runs nondeterministic kernels gives
+    another value, and then every finite difference measures that noise instead of a derivative."""
+    again = float(evaluator.loss())
+    return abs(again - evaluator.base_loss) <= torch.finfo(dtype).eps ** 0.5 * max(evaluator.loss_scale, 1e-30)
+
+
 def checked_tensors(work: WorkingCopy, analytic: AnalyticPass) -> list[Checked]:
     items = []
+    by_design = no_gradient_by_design(work.module)
     for name, p in work.trainable_parameters():
         grad = analytic.parameter_grads[name]
+        mask, reason = by_design.get(name, (None, None))
         items.append(Checked(
             name=name, kind="parameter", target=Target("parameter", name, p.detach()),
-            analytic=_as_float64(grad, p), unused=grad is None,
+            analytic=_as_float64(grad, p), unused=grad is None, by_design=mask, by_design_reason=reason,
         ))
     for i in work.float_input_indices:
         grad = analytic.input_grads[i]
@@ -224,6 +238,27 @@ def verdict_reasons(report: Report, opts: CheckOptions) -> list[str]:
         flagged |= any(getattr(f, "kind", None) == kind for f in memory_findings)
         if flagged:
             reasons.append(f"diagnosis: {kind} (listed in fail_on)")
+    return reasons
+
+
+def inconclusive_reasons(gc: GradientCheck) -> list[str]:
+    """Why a check that found nothing wrong still cannot say the gradients are right."""
+    if not gc.reproducible:
+        return ["the forward is not reproducible: the loss at the same point differed between two evaluations "
+                "(a forward that reseeds its RNG, or nondeterministic kernels); finite differences cannot be trusted"]
+    reasons = []
+    tensors = [t for t in gc.parameters + gc.inputs if t.numel]
+    coordinates = sum(t.coordinates_checked for t in tensors)
+    kinks = sum(t.kinks for t in tensors)
+    compared = coordinates - kinks + sum(t.probes for t in tensors)
+    if compared <= 0:
+        reasons.append("nothing was compared: no parameter or float input with a gradient to check")
+    elif coordinates and kinks * 2 > coordinates:
+        reasons.append(f"{kinks} of {coordinates} coordinates were set aside as kinks (non-differentiable points)")
+    unresolved = [t.name for t in tensors if not t.resolved]
+    if tensors and len(unresolved) * 2 > len(tensors):
+        reasons.append(f"{len(unresolved)} of {len(tensors)} tensors were not meaningfully checked (tolerance above "
+                       f"their gradients): {', '.join(unresolved[:5])}{' ...' if len(unresolved) > 5 else ''}")
     return reasons
 
 

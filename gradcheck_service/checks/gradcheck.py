@@ -33,6 +33,24 @@ class Checked:
     target: Target
     analytic: torch.Tensor  # float64, same shape as target.base
     unused: bool
+    by_design: torch.Tensor | None = None  # bool, shaped like the tensor: entries with no gradient on purpose
+    by_design_reason: str | None = None
+
+
+def no_gradient_by_design(root: nn.Module) -> dict[str, tuple[torch.Tensor, str]]:
+    """Parameters with entries that get no gradient on purpose, by qualified name: mask and reason.
+
+    An Embedding's ``padding_idx`` row is used in the forward but excluded from the gradient by PyTorch's design;
+    finite differences see its effect on the loss, so comparing it would report a bug that is a feature.
+    """
+    found = {}
+    for name, m in root.named_modules():
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.padding_idx is not None and m.weight.requires_grad:
+            mask = torch.zeros(m.weight.shape, dtype=torch.bool)
+            mask[m.padding_idx] = True
+            found[f"{name}.weight" if name else "weight"] = (
+                mask, f"row {m.padding_idx} is {type(m).__name__}.padding_idx: no gradient by design, not compared")
+    return found
 
 
 @dataclass
@@ -110,6 +128,8 @@ def check_tensor(
     if numel == 0:  # no coordinate, and a probe over no coordinates measures nothing
         return nothing_compared(item, "full", "none (zero-size tensor)")
     flat, coverage = plan_coordinates(numel, base.shape, options, gen)
+    if item.by_design is not None:
+        flat = flat[~item.by_design.reshape(-1)[flat]]
     parts: list[Comparison] = []
     if flat.numel():
         measured = measure_coordinates(evaluator, item.target, flat, dtype)
@@ -121,6 +141,8 @@ def check_tensor(
     probe_part = None
     if n_probes:
         dirs = probe_directions(base, n_probes, gen)
+        if item.by_design is not None:
+            dirs = dirs.masked_fill(item.by_design.to(dirs.device), 0)
         measured = measure(evaluator, item.target, dirs, dtype)
         analytic = (dirs.to(torch.float64).reshape(n_probes, -1) @ item.analytic.reshape(-1))
         probe_part = compare(analytic, measured, torch.empty((n_probes, 0), dtype=torch.long), options, dtype)
@@ -153,7 +175,17 @@ def summarize(
             abs_error=float(pool.abs_error[worst_i]),
             tolerance=float(pool.tolerance[worst_i]),
         )
+    resolved = True
+    if bool(valid.any()):
+        largest = float(torch.maximum(pool.analytic.abs(), pool.numeric.abs())[valid].max())
+        typical_tolerance = float(pool.tolerance[valid].median())
+        resolved = not (largest > 0 and typical_tolerance >= largest)
     notes = [note] if note else []
+    if not resolved:
+        notes.append(f"not meaningfully checked: the tolerance ({typical_tolerance:.2e}) is above the largest "
+                     f"gradient ({largest:.2e}), so a gradient wrong by its own size could pass")
+    if item.by_design_reason:
+        notes.append(item.by_design_reason)
     if probes_failed:
         notes.append(f"{probes_failed} random-direction probe(s) failed")
     if item.unused:
@@ -176,6 +208,7 @@ def summarize(
         max_error_ratio=max(part.max_ratio() for part in (coords, probes) if part is not None),
         worst=worst,
         unused=item.unused,
+        resolved=resolved,
         note="; ".join(notes) or None,
     )
 

@@ -11,46 +11,91 @@ submodules fails (the smallest failing modules); the root is blamed when the bug
 
 from __future__ import annotations
 
+import copy
+import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import TreeSpec, keystr, tree_flatten_with_path, tree_unflatten
 
 from ..options import CheckOptions
 from ..report import Localization, ModuleCheck
 from .analytic import AnalyticPass
 from .evaluator import LossEvaluator, Target
-from .gradcheck import Checked, check_tensor
+from .gradcheck import Checked, check_tensor, no_gradient_by_design
 from .loss import LossFn, float_leaves
 from .working_copy import WorkingCopy
+
+# Argument values that are immutable: shared between replays as they are. Anything else that is not a tensor (a
+# key/value cache, a config object, a list built by the caller) is deep-copied for every replay, because a call
+# may mutate it (a cache appends this step's keys) and the next replay must see it as the model's call did.
+_IMMUTABLE = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size, type,
+              enum.Enum, slice)
 
 
 @dataclass
 class ModuleCall:
+    """One call of a module in the recorded forward: its arguments as they were, and what reached its outputs."""
+
     name: str
     module: nn.Module
     call: int
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    leaves: list[Any]  # flattened (args, kwargs): tensors detached copies, other values as they were
+    spec: TreeSpec
+    paths: list[str]  # where each leaf sat, e.g. "[0][0]" or "[1]['encoder_hidden_states']"
+    differentiable: list[int]  # leaves that were float tensors in the autograd graph: checked as inputs
     rng_state: torch.Tensor
     cotangents: dict[int, torch.Tensor] = field(default_factory=dict)  # output leaf position -> dL/d(leaf)
+    problem: str | None = None  # why the arguments could not be kept for a replay
+
+    def input_name(self, leaf: int) -> str:
+        path = self.paths[leaf]
+        match = re.fullmatch(r"\[0\]\[(\d+)\]", path)
+        if match:
+            return f"input[{match.group(1)}]"
+        match = re.fullmatch(r"\[1\]\['([^']*)'\](.*)", path)
+        if match:
+            return f"{match.group(1)}{match.group(2)}"
+        return f"input{path.removeprefix('[0]')}"
+
+
+def _freeze(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone(), None
+    if isinstance(value, _IMMUTABLE):
+        return value, None
+    try:
+        return copy.deepcopy(value), None
+    except Exception as exc:  # an object that refuses copying: replays share it
+        return value, f"{type(value).__name__} argument cannot be copied ({type(exc).__name__})"
 
 
 class _CallAt(nn.Module):
-    """One recorded call of a module, as a function of its float tensor arguments."""
+    """One recorded call of a module, as a function of its differentiable tensor arguments."""
 
-    def __init__(self, inner: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], positions: list[int]):
+    def __init__(self, rec: ModuleCall):
         super().__init__()
-        self.inner = inner
-        self.args, self.kwargs, self.positions = args, kwargs, positions
+        self.inner = rec.module
+        self.rec = rec
 
     def forward(self, *float_args: torch.Tensor) -> Any:
-        full = list(self.args)
-        for pos, t in zip(self.positions, float_args, strict=True):
-            full[pos] = t.clone()  # a clone lets in-place modules (ReLU(inplace=True)) run on a leaf
-        return self.inner(*full, **self.kwargs)
+        rec = self.rec
+        leaves = [v if isinstance(v, (torch.Tensor, *_IMMUTABLE)) else _fresh(v) for v in rec.leaves]
+        for pos, t in zip(rec.differentiable, float_args, strict=True):
+            leaves[pos] = t.clone()  # a clone lets in-place modules (ReLU(inplace=True)) run on a leaf
+        args, kwargs = tree_unflatten(leaves, rec.spec)
+        return self.inner(*args, **kwargs)
+
+
+def _fresh(value: Any) -> Any:
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
 
 
 class _Projection:
@@ -71,6 +116,7 @@ class _Projection:
 
 
 def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]:
+    """One seeded forward + backward with every module call recorded (arguments, RNG state, output gradients)."""
     calls: list[ModuleCall] = []
     counts: dict[str, int] = {}
     stack: dict[int, list[ModuleCall]] = {}
@@ -80,8 +126,19 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
         def hook(m: nn.Module, args: tuple, kwargs: dict) -> None:
             n = counts.get(name, 0)
             counts[name] = n + 1
-            cloned = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
-            rec = ModuleCall(name, m, n, cloned, dict(kwargs), torch.get_rng_state())
+            flat, spec = tree_flatten_with_path((args, kwargs))
+            leaves, problems = [], []
+            for _path, value in flat:
+                frozen, problem = _freeze(value)
+                leaves.append(frozen)
+                if problem:
+                    problems.append(problem)
+            differentiable = [
+                i for i, (_p, v) in enumerate(flat)
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and v.requires_grad
+            ]
+            rec = ModuleCall(name, m, n, leaves, spec, [keystr(p) for p, _v in flat], differentiable,
+                             torch.get_rng_state(), problem="; ".join(problems) or None)
             stack.setdefault(id(m), []).append(rec)
             calls.append(rec)
         return hook
@@ -99,21 +156,22 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
         torch.manual_seed(seed)
         args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in work.inputs)
         value = loss(work.module(*args), *args)
-        wrt = [p for p in work.module.parameters() if p.requires_grad] + [a for a in args if a.requires_grad]
-        torch.autograd.grad(value, wrt, allow_unused=True)
+        if value.requires_grad:
+            value.backward()  # as training runs it: an inner backward of a reversible layer works too
     finally:
         for h in handles:
             h.remove()
+        for p in work.module.parameters():
+            p.grad = None
     return calls
 
 
 def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> ModuleCheck | None:
-    """Probe one module call's VJP w.r.t. its float inputs and its parameters."""
-    if not rec.cotangents or all(float(c.abs().max()) == 0 for c in rec.cotangents.values()):
+    """Probe one module call's VJP w.r.t. its differentiable tensor arguments and its parameters."""
+    if not rec.cotangents or all(float(c.abs().max()) == 0 for c in rec.cotangents.values() if c.numel()):
         return None  # nothing flowed back through this call: it cannot corrupt any gradient
-    positions = [i for i, a in enumerate(rec.args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
-    wrapper = _CallAt(rec.module, rec.args, rec.kwargs, positions)
-    float_args = tuple(rec.args[i] for i in positions)
+    wrapper = _CallAt(rec)
+    float_args = tuple(rec.leaves[i] for i in rec.differentiable)
     projection = _Projection(rec.cotangents)
     params = [(n, p) for n, p in wrapper.named_parameters() if p.requires_grad]
     if not params and not float_args:
@@ -124,15 +182,20 @@ def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> Modul
     grads = torch.autograd.grad(value, [p for _, p in params] + list(leaves), allow_unused=True)
     evaluator = LossEvaluator(wrapper, float_args, projection, opts.seed, chunk_size=opts.chunk_size,
                               rng_state=rec.rng_state)
+    if abs(float(value.detach()) - evaluator.base_loss) > 1e-6 * max(evaluator.loss_scale, 1e-30):
+        raise ReplayError("re-running the call does not reproduce its recorded output")
     probe_opts = opts.model_copy(update={"mode": "fast", "probes": 2})
     gen = torch.Generator().manual_seed(opts.seed + 104729 + rec.call)
     failures, worst_abs, worst_rel, probes = [], 0.0, 0.0, 0
+    by_design = no_gradient_by_design(wrapper)
     items = [
-        Checked(n.removeprefix("inner."), "parameter", Target("parameter", n, p.detach()), _f64(g, p), g is None)
+        Checked(n.removeprefix("inner."), "parameter", Target("parameter", n, p.detach()), _f64(g, p), g is None,
+                *by_design.get(n, (None, None)))
         for (n, p), g in zip(params, grads[: len(params)], strict=True)
     ] + [
-        Checked(f"input[{pos}]", "input", Target("input", f"input[{i}]", a, input_index=i), _f64(g, a), g is None)
-        for i, (pos, a, g) in enumerate(zip(positions, float_args, grads[len(params):], strict=True))
+        Checked(rec.input_name(leaf), "input", Target("input", f"input[{i}]", a, input_index=i), _f64(g, a),
+                g is None)
+        for i, (leaf, a, g) in enumerate(zip(rec.differentiable, float_args, grads[len(params):], strict=True))
     ]
     for item in items:
         result = check_tensor(evaluator, item, probe_opts, dtype, gen)
@@ -153,21 +216,50 @@ def _defined_in(module: torch.nn.Module) -> str | None:
     return None if name == "torch" or name.startswith("torch.") else name
 
 
+class ReplayError(RuntimeError):
+    """A recorded module call could not be re-run as the model made it."""
+
+
 def _f64(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros(like.shape, dtype=torch.float64) if grad is None else grad.detach().to(torch.float64)
 
 
 def localize(work: WorkingCopy, loss: LossFn, opts: CheckOptions, analytic: AnalyticPass) -> Localization:
+    """Check every recorded module call on its own; blame the smallest failing ones. Never raises."""
+    unreplayable: list[str] = []
+    results: list[ModuleCheck] = []
     with torch.random.fork_rng(devices=[]):
-        calls = record_calls(work, loss, opts.seed)
-        results = [r for r in (check_call(c, opts, work.dtype) for c in calls) if r is not None]
+        try:
+            calls = record_calls(work, loss, opts.seed)
+        except Exception as exc:
+            return Localization(performed=False, note=f"the forward could not be recorded for localization "
+                                f"({type(exc).__name__}: {_first_line(exc)})")
+        for rec in calls:
+            try:
+                result = check_call(rec, opts, work.dtype)
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {_first_line(exc)}"
+                if rec.problem:
+                    why = f"{why}; {rec.problem}"
+                unreplayable.append(f"{rec.name or '(root)'} call {rec.call} ({why})")
+                continue
+            if result is not None:
+                results.append(result)
     failing = [r for r in results if not r.passed]
     for r in failing:
         prefix = f"{r.module}." if r.module else ""
         r.blamed = not any(o is not r and o.module.startswith(prefix) and o.module != r.module for o in failing)
     faulty = list(dict.fromkeys(r.module for r in failing if r.blamed))
-    note = None
+    notes = []
     if not failing:
-        note = ("every module's own backward matches its forward at the recorded point; the error arises between "
-                "modules (e.g. tensors modified in place or parameters read outside their module)")
-    return Localization(performed=True, faulty_modules=faulty, modules=results, note=note)
+        notes.append("every module's own backward matches its forward at the recorded point; the error arises "
+                     "between modules (e.g. tensors modified in place or parameters read outside their module)")
+    if unreplayable:
+        notes.append(f"{len(unreplayable)} module call(s) could not be re-run on their own and were judged through "
+                     f"their submodules: {'; '.join(unreplayable[:5])}{' ...' if len(unreplayable) > 5 else ''}")
+    return Localization(performed=True, faulty_modules=faulty, modules=results, note=" ".join(notes) or None)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
