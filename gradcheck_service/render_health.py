@@ -67,6 +67,10 @@ def render_gradient_flow(norms: GradientNorms, diagnosis: Diagnosis) -> str:
                      f"{_bar(layer.grad_norm, low, high)}{flag}")
     ratio = "n/a" if diagnosis.signal_ratio is None else f"{diagnosis.signal_ratio:.2e}"
     lines.append(f"  total parameter-gradient norm {norms.total_norm:.3g}; first/last layer ratio {ratio}")
+    for g in norms.inputs:  # a model without trainable parameters: its inputs' gradients are the training signal
+        detail = f"|grad| {g.l2_norm:.2e}, max {g.max_abs:.2e}" if g.has_gradient else "no gradient"
+        nonfinite = f", {g.nan_count} NaN, {g.inf_count} Inf" if g.nan_count or g.inf_count else ""
+        lines.append(f"  {g.name} {'x'.join(map(str, g.shape)) or 'scalar'}: {detail}{nonfinite}")
     flags = ", ".join(f"{name}={'YES' if getattr(diagnosis, name) else 'no'}"
                       for name in ("vanishing", "exploding", "nonfinite", "dead_relu"))
     lines.append(f"Diagnosis: {flags}")

@@ -295,7 +295,9 @@ def summarize_gradients(
 
     Inputs that are leaves requiring grad get their own statistics (``inputs``).
     """
-    first = next(iter(model.parameters()), None)
+    first: torch.Tensor | None = next(iter(model.parameters()), None)
+    if first is None:  # no parameter: the float inputs carry the dtype
+        first = next((t for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
     parameters = _parameter_gradients(model)
     norms = GradientNorms(
         dtype=str(first.dtype if first is not None else torch.get_default_dtype()).removeprefix("torch."),

@@ -89,6 +89,11 @@ class MemoryProfile(_Model):
     findings: list[Finding] = Field(default_factory=list)
 
 
+def _float_input_dtype(inputs: tuple[torch.Tensor, ...]) -> torch.dtype:
+    """The dtype a model without parameters computes in: its first float input's (else the default dtype)."""
+    return next((t.dtype for t in inputs if t.is_floating_point()), torch.get_default_dtype())
+
+
 def optimizer_state_bytes(model: nn.Module) -> OptimizerState:
     """SGD-momentum and Adam state bytes for ``model``'s trainable parameters (see :class:`OptimizerState`)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -168,7 +173,7 @@ def _profile(
     )
     profile = MemoryProfile(
         device=str(device),
-        dtype=str(params[0].dtype if params else torch.get_default_dtype()).removeprefix("torch."),
+        dtype=str(params[0].dtype if params else _float_input_dtype(inputs)).removeprefix("torch."),
         batch_size=batch_size_of(inputs)[0],
         parameter_bytes=distinct_storage_bytes(params),
         trainable_parameter_bytes=sum(p.numel() * p.element_size() for p in trainable),

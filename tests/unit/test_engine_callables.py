@@ -189,3 +189,14 @@ def test_sparse_tensor_inside_the_forward_is_profiled() -> None:
     report = check(through_sparse, torch.randn(4, 3))
     assert report.passed, report.failed_because
     assert report.memory is not None and report.memory.peak_increase_bytes > 0
+
+
+def test_parameter_free_report_renders_the_inputs_gradients() -> None:
+    from gradcheck_service.render import render_report
+
+    x, y = (t.double() for t in _inputs())
+    report = check(FunctionAsModule(SoftplusFn), (x, y))
+    assert report.gradient_norms is not None and report.memory is not None
+    assert report.gradient_norms.dtype == "float64" and report.memory.dtype == "float64"  # the inputs' dtype
+    text = render_report(report)
+    assert "input[0] 4x5: |grad|" in text and "input[1] 4x5: |grad|" in text
