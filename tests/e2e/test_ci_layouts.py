@@ -58,22 +58,31 @@ def _assert_regression(repo: LayoutRepository, done: Any) -> None:
     assert failure is not None and "activation_bytes grew by" in failure.get("message", "")
 
 
-def test_layouts_locally(tmp_path: Path) -> None:
-    for layout in LAYOUTS:
-        repo = LayoutRepository(tmp_path / layout, layout)
-        passed = repo.ci("--save-report", "baseline")
-        assert passed.returncode == 0, f"{layout}: {passed.stdout}{passed.stderr}"
-        assert f"{repo.model}: passed" in passed.stderr
+def _local_flow(tmp_path: Path, layout: str) -> None:
+    repo = LayoutRepository(tmp_path / layout, layout)
+    passed = repo.ci("--save-report", "baseline")
+    assert passed.returncode == 0, f"{layout}: {passed.stdout}{passed.stderr}"
+    assert f"{repo.model}: passed" in passed.stderr
 
-        repo.git("checkout", "-q", "-b", "wider")
-        repo.widen()
-        repo.commit("widen the hidden layer")
-        widened = repo.ci("--baseline", "baseline", "--fail-on", "regression", "--summary", "reports/summary.md")
-        _assert_regression(repo, widened)
+    repo.git("checkout", "-q", "-b", "wider")
+    repo.widen()
+    repo.commit("widen the hidden layer")
+    widened = repo.ci("--baseline", "baseline", "--fail-on", "regression", "--summary", "reports/summary.md")
+    _assert_regression(repo, widened)
 
+
+def _local_broken_flow(tmp_path: Path) -> None:
     repo = LayoutRepository(tmp_path / "broken", "src_package")
     repo.break_backward()
     _assert_package_module_named(repo, repo.ci())
+
+
+def test_layouts_locally(tmp_path: Path) -> None:
+    flows = [lambda layout=layout: _local_flow(tmp_path, layout) for layout in LAYOUTS]
+    flows.append(lambda: _local_broken_flow(tmp_path))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two CI jobs at a time
+        for future in [pool.submit(flow) for flow in flows]:
+            future.result()
 
 
 PACKAGE_TEST = '''
