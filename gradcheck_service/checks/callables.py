@@ -32,7 +32,13 @@ class FunctionModule(nn.Module):
 
 
 def callable_name(fn: Callable[..., Any]) -> str:
-    """``fn``'s own name for the report (``__qualname__``, else its type's name)."""
+    """``fn``'s own name for the report (``__qualname__``, else its type's name).
+
+    A method bound to a class is named after that class: ``MyFunction.apply``, not the inherited ``Function.apply``.
+    """
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, type):
+        return f"{owner.__qualname__}.{getattr(fn, '__name__', 'apply')}"
     return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__)
 
 

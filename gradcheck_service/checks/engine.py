@@ -224,7 +224,8 @@ def verdict_reasons(report: Report, opts: CheckOptions) -> list[str]:
     gc = report.gradient_check
     failing = [t.name for t in gc.parameters + gc.inputs if not t.passed]
     if failing:
-        where = f" in {', '.join(report.localization.faulty_modules)}" if report.localization.faulty_modules else ""
+        faulty = [name or "<root>" for name in report.localization.faulty_modules]  # '' is the root (a function)
+        where = f" in {', '.join(faulty)}" if faulty else ""
         reasons.append(f"gradient check failed for {', '.join(failing[:8])}{'...' if len(failing) > 8 else ''}{where}")
     failing2 = [t.name for t in gc.second_order if not t.passed]
     if failing2:

@@ -64,6 +64,13 @@ def test_parameter_free_custom_function_fails_when_wrong_and_names_the_input() -
     by_name = {t.name: t for t in report.gradient_check.inputs}
     assert not by_name["input[0]"].passed  # the Function's input carries the wrong derivative
     assert by_name["input[1]"].passed  # the product's other factor is right
+    assert report.failed_because == ["gradient check failed for input[0] in <root>"]
+
+
+def test_custom_function_apply_is_checked_and_named_after_its_class() -> None:
+    report = check(WrongSoftplusFn.apply, torch.randn(6), health=False, memory=False)
+    assert not report.passed
+    assert report.model.name == "WrongSoftplusFn.apply"
 
 
 def test_plain_function_of_tensors_passes_and_is_named_after_itself() -> None:
