@@ -223,8 +223,8 @@ class SandboxedLauncher(SpawnLauncher):
                 return True
             if self.group is not None and (breach := self.group.check()) is not None:
                 self.breach = breach
-                self.group.kill()
-                self.stop(proc)
+                self.stop(proc)  # first: it returns once every process of the PID namespace is gone
+                self.group.kill()  # anything the group still holds (without bubblewrap's namespace)
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -4,7 +4,9 @@ Every :data:`~.jobgroup.POLL_S` seconds the launcher asks :meth:`WatchdogGroup.c
 summed over the outer process and all its descendants: memory as proportional set size (pages shared after a fork
 counted once), threads, CPU seconds (of exited processes too). Past a limit the watchdog, not the kernel, ends the
 job, so a fast allocation can overshoot the memory limit by what it allocates in one interval; the per-process
-address-space limit still bounds each process. The CPU share is only a lower scheduling priority.
+address-space limit still bounds each process. The CPU share is only a lower scheduling priority. The tree is
+complete inside bubblewrap's PID namespace (its first process adopts orphans); without bubblewrap a process that
+detaches from its parent leaves the tree, and only the per-user process limit still counts it.
 """
 
 from __future__ import annotations

@@ -170,3 +170,33 @@ def test_spec_caps_hold_on_the_worker_path(tmp_path: Path) -> None:
     result = execute(tmp_path)
     assert result["error"]["code"] == "invalid_definition"
     assert "over the cap" in json.dumps(result["error"]["problems"])
+
+
+def test_without_cgroups_the_watchdog_ends_a_fork_bomb_that_ignores_refusals(tmp_path: Path,
+                                                                            bubblewrap: None) -> None:
+    """The fallback through the real launcher: the per-user process limit refuses the forks, the watchdog sees the
+    job held at its limit and ends it as process_limit, leaving nothing behind."""
+    import dataclasses
+    import time
+
+    bomb = ROOT / "tests" / "fixtures" / "hostile" / "job_wide" / "fork_bomb_ignoring_refusals.py"
+    (tmp_path / "model.py").write_text(bomb.read_text())
+    (tmp_path / "job.json").write_text(json.dumps({"definition": "model.py", "options": {}, "name": "bomb"}))
+    isolation = dataclasses.replace(sandbox.self_test(), job_limits="watchdog")
+    launcher = SandboxedLauncher(dataclasses.replace(LIMITS, cpu_seconds=60, address_space_bytes=8 * 2**30),
+                                 isolation)
+    started = time.monotonic()
+    outcome = launcher.run(tmp_path, 60, lambda _stage, _fraction: True, heartbeat_s=1, max_bytes=2**20)
+    assert outcome.error_code == "process_limit", (outcome.error, outcome.stderr_tail)
+    assert "more than 64 processes" in (outcome.error or "") and "held at the limit" in (outcome.error or "")
+    assert time.monotonic() - started < 30
+    marker = str(tmp_path).encode()
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and marker in _cmdline(p)]
+    assert left == []
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:
+        return b""
