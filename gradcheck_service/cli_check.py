@@ -59,11 +59,13 @@ def check_options(
 @click.option("--no-health", is_flag=True, help="Skip gradient norms and the diagnosis.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
+@click.option("--allow-inconclusive", is_flag=True, help="Exit 0 when the verdict is inconclusive (nothing wrong "
+              "found, but too little compared to call it passed); by default inconclusive exits 1.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def check_command(
     path: str, mode: str, order: str, device: str, seed: int, fail_on: str | None, memory_budget: str | None,
     precision: str | None, checkpoint: tuple[str, ...], batch_scaling: bool, no_health: bool, no_memory: bool,
-    as_json: bool, debug: bool,
+    as_json: bool, allow_inconclusive: bool, debug: bool,
 ) -> None:
     """Check the model in PATH (a .py model file or a .json spec) against finite differences."""
     from .checks.working_copy import CheckError
@@ -104,7 +106,8 @@ def check_command(
         from .render import render_report
 
         click.echo(render_report(report))
-    sys.exit(EXIT_PASSED if report.passed else EXIT_FAILED)
+    accepted = ("passed", "inconclusive") if allow_inconclusive else ("passed",)
+    sys.exit(EXIT_PASSED if report.verdict in accepted else EXIT_FAILED)
 
 
 def import_roots() -> list[Path]:

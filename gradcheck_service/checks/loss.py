@@ -39,6 +39,18 @@ class RandomProjection:
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self._weights: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        # Output positions autograd can differentiate; None: all. Outputs a forward marks non-differentiable (a
+        # norm's saved mean and inverse std) have no backward to check, as torch.autograd.gradcheck treats them.
+        self.differentiable: set[int] | None = None
+
+    def restrict_to_differentiable(self, output: Any) -> list[int]:
+        """Leave out float outputs that do not require grad (when some do); return the positions left out."""
+        leaves = list(float_leaves(output))
+        keep = {i for i, leaf in enumerate(leaves) if leaf.requires_grad}
+        if not keep or len(keep) == len(leaves):
+            return []
+        self.differentiable = keep
+        return [i for i in range(len(leaves)) if i not in keep]
 
     def weight(self, position: int, like: torch.Tensor) -> torch.Tensor:
         key = (position, tuple(like.shape))
@@ -52,6 +64,8 @@ class RandomProjection:
     def __call__(self, output: Any, *inputs: torch.Tensor) -> torch.Tensor:
         total: torch.Tensor | None = None
         for position, leaf in enumerate(float_leaves(output)):
+            if self.differentiable is not None and position not in self.differentiable:
+                continue
             if leaf.is_complex():  # both parts matter, each with its own weights: a real loss, as autograd needs
                 term = (leaf.real * self.weight(position, leaf.real)).sum() + (
                     leaf.imag * self.weight(IMAGINARY_OFFSET + position, leaf.imag)).sum()

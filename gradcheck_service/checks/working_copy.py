@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..options import CheckOptions
-from .loss import LossFn, float_leaves
+from .loss import LossFn, RandomProjection, float_leaves
 from .reference_dtype import KeepFloat64
 
 
@@ -47,7 +47,7 @@ def make_working_copy(
         promoted_inputs = tuple(_promote(t) for t in inputs)
         assert keep is not None
         with keep:
-            dtype = _trial(promoted_model, promoted_inputs, loss, opts.seed)
+            dtype = _trial(promoted_model, promoted_inputs, loss, opts.seed, notes)
         module, work_inputs, promoted = promoted_model, promoted_inputs, True
         kept = keep.describe()
         if kept:
@@ -62,7 +62,7 @@ def make_working_copy(
         module = _copy(model).to("cpu")
         work_inputs = tuple(t.detach().to("cpu").clone() for t in inputs)
         try:
-            dtype = _trial(module, work_inputs, loss, opts.seed)
+            dtype = _trial(module, work_inputs, loss, opts.seed, notes)
         except Exception as exc2:
             raise CheckError(f"the model's forward/backward raised {type(exc2).__name__}: {_first_line(exc2)}") from exc2
         promoted, keep = False, None
@@ -86,7 +86,9 @@ def _promote(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64) if t.is_floating_point() else t.clone()
 
 
-def _trial(module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, seed: int) -> torch.dtype:
+def _trial(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, seed: int, notes: list[str] | None = None
+) -> torch.dtype:
     """Run forward + backward once; return the lowest float precision seen in any module output or the loss."""
     seen: set[torch.dtype] = set()
 
@@ -101,6 +103,11 @@ def _trial(module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, se
         out = module(*args)
         if not any(True for _ in float_leaves(out)):
             raise CheckError("the model's output has no floating-point tensor to differentiate")
+        if isinstance(loss, RandomProjection) and loss.differentiable is None:
+            skipped = loss.restrict_to_differentiable(out)
+            if skipped and notes is not None:
+                notes.append(f"float output(s) {skipped} do not require grad (the forward marks them "
+                             "non-differentiable); the default loss leaves them out")
         value = loss(out, *args)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__

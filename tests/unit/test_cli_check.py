@@ -112,3 +112,33 @@ def test_ten_megabytes_of_prints_are_capped_to_head_and_tail(tmp_path: Path) -> 
     assert output.startswith("a child process of build()\nnumber of parameters: 8\n")
     assert "bytes of output left out" in output
     assert "forward at the fd level" in output[-1000:]
+
+
+RESEEDING_MODEL = '''
+import torch
+from torch import nn
+
+
+class Reseeding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        torch.seed()  # a fresh dropout mask on every call: no two evaluations agree
+        return nn.functional.dropout(self.lin(x), 0.3, training=True)
+
+
+def build():
+    return Reseeding(), (torch.randn(3, 4),)
+'''
+
+
+def test_inconclusive_exits_1_unless_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "reseeding.py"
+    path.write_text(RESEEDING_MODEL)
+    result = CliRunner().invoke(main, ["check", str(path), *QUICK])
+    assert result.exit_code == 1, result.output
+    assert "INCONCLUSIVE" in result.output and "not reproducible" in result.output
+    allowed = CliRunner().invoke(main, ["check", str(path), "--allow-inconclusive", *QUICK])
+    assert allowed.exit_code == 0, allowed.output

@@ -47,13 +47,6 @@ SLOW_GRADCHECK_MAX_INPUT_NUMEL = 2000
 
 # Operators gradcheck accepts but check() reports, each with its cause: open defects of check() (issue 10), not
 # exclusions. The mark is strict, so it fails as soon as the operator passes and must then be removed.
-KNOWN_FALSE_ALARMS = {
-    name: "auxiliary outputs autograd does not differentiate (the mean and inverse std of a normalization) are "
-    "part of check()'s default loss; gradcheck compares only outputs that require grad"
-    for name in ("native_layer_norm", "native_batch_norm", "_native_batch_norm_legit", "_batch_norm_with_update")
-}
-
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
     """Every sample is tiny: intra-op threads only contend (10-100x slower on two busy cores)."""
@@ -107,8 +100,6 @@ def gradcheck_rejects(fn: Callable[..., Any], args: tuple[torch.Tensor, ...]) ->
 
 def _mark(op: OpInfo) -> Any:
     name = op_id(op)
-    if name in KNOWN_FALSE_ALARMS:
-        return pytest.param(op, id=name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FALSE_ALARMS[name]))
     return pytest.param(op, id=name)
 
 

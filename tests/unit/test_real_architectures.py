@@ -1,0 +1,288 @@
+"""Real architectures from `transformers` (tiny configs, random init): right verdicts, bugs named where they live.
+
+The models are built as their authors wrote them, with their own losses; only the seeded bugs are ours: a custom
+Function replacing one submodule, a ``.detach()`` inside a block's forward, a wrong backward inside a
+float32-internal path, a softmax submodule with a diagonal-only backward behind an additive attention mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from gradcheck_service import check
+from tests.fixtures.hf_models import BUILDERS, Classifier, _ids
+
+pytest.importorskip("transformers")  # a test dependency: installed by `pip install -e '.[test]'`
+
+QUICK: dict[str, Any] = {"health": False, "memory": False}
+
+
+def _summary(report: Any) -> str:
+    gc = report.gradient_check
+    bad = [(t.name, t.max_error_ratio, t.note) for t in gc.parameters + gc.inputs if not t.passed or not t.resolved]
+    return f"{report.verdict} {report.failed_because} {report.inconclusive_because} {bad[:4]} {report.warnings}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_real_architecture_passes_with_real_coverage(name: str, train: bool) -> None:
+    model, inputs, loss = BUILDERS[name]()
+    model.train(train)
+    report = check(model, inputs, loss, **QUICK)
+    assert report.verdict == "passed", _summary(report)
+    gc = report.gradient_check
+    assert gc.dtype == "float64" and gc.promoted and gc.reproducible
+    tensors = gc.parameters + gc.inputs
+    assert len(tensors) == len([p for p in model.parameters() if p.requires_grad])
+    assert sum(t.coordinates_checked for t in tensors) > 1000
+    assert all(t.resolved for t in tensors), _summary(report)
+
+
+# The seeded Functions are written in the vmap-compatible style (setup_context, generate_vmap_rule), so the check
+# evaluates perturbations in batches; a Function without a batching rule is checked too, one evaluation at a time.
+
+
+class _WrongGrad(torch.autograd.Function):
+    """Identity forward, backward scaled by 1.5: a custom kernel with a wrong derivative."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * 1.5
+
+
+class WrongBackward(nn.Module):
+    """Wraps a module; its output is right, its backward is 50 % too large."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return _WrongGrad.apply(self.inner(*args, **kwargs))
+
+
+class BuggyGelu(nn.Module):
+    """GELU whose backward forgets the x * pdf(x) term (a hand-written kernel's classic mistake)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _BuggyGeluFn.apply(x)
+
+
+class _BuggyGeluFn(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * 0.5 * (1 + torch.erf(x / 2**0.5))
+
+
+def test_gpt2_wrong_activation_backward_is_named() -> None:
+    model, inputs, loss = BUILDERS["gpt2"]()
+    model.inner.transformer.h[1].mlp.act = BuggyGelu()
+    report = check(model, inputs, loss, **QUICK)
+    assert report.verdict == "failed"
+    assert report.localization.faulty_modules == ["inner.transformer.h.1.mlp.act"], report.localization.note
+
+
+def test_llama_wrong_backward_in_float32_internal_rmsnorm_is_named() -> None:
+    model, inputs, loss = BUILDERS["llama"]()
+    layer = model.inner.model.layers[0]
+    layer.post_attention_layernorm = WrongBackward(layer.post_attention_layernorm)
+    report = check(model, inputs, loss, **QUICK)
+    assert report.verdict == "failed"
+    assert report.localization.faulty_modules == ["inner.model.layers.0.post_attention_layernorm"], (
+        report.localization.note)
+    assert any("kept float64" in w for w in report.warnings)
+
+
+def test_vit_detach_inside_a_block_forward_is_named() -> None:
+    model, inputs, loss = BUILDERS["vit"]()
+    mlp = model.inner.vit.layers[0].mlp
+
+    class Detaching(type(mlp)):  # type: ignore[misc]
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            return self.fc2(self.activation_fn(self.fc1(hidden_states)).detach())
+
+    mlp.__class__ = Detaching
+    report = check(model, inputs, loss, **QUICK)
+    assert report.verdict == "failed"
+    assert report.localization.faulty_modules == ["inner.vit.layers.0.mlp"], report.localization.note
+
+
+class DiagonalSoftmax(nn.Module):
+    """Softmax whose backward keeps only the Jacobian's diagonal: y (1 - y) g instead of y (g - <g, y>)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _DiagonalSoftmaxFn.apply(x)
+
+
+class _DiagonalSoftmaxFn(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=-1)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * y * (1 - y)
+
+
+def _attention_with_softmax_module(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                   attention_mask: torch.Tensor | None, scaling: float | None = None,
+                                   dropout: float = 0.0, **_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = module.softmax(scores) if hasattr(module, "softmax") else torch.softmax(scores, dim=-1)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+class MaskedClassifier(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def test_bert_softmax_submodule_behind_an_additive_mask_is_named() -> None:
+    from transformers import AttentionInterface, BertConfig, BertForSequenceClassification
+
+    AttentionInterface.register("softmax_module", _attention_with_softmax_module)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=8, num_labels=3, attn_implementation="softmax_module"))
+    model.bert.encoder.layer[0].attention.self.softmax = DiagonalSoftmax()
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, 5:] = 0  # padding: the softmax's input holds the additive mask's most negative float there
+    report = check(MaskedClassifier(model), (_ids(), mask, torch.tensor([0, 2])), **QUICK)
+    assert report.verdict == "failed"
+    assert report.localization.faulty_modules == ["inner.bert.encoder.layer.0.attention.self.softmax"], (
+        report.localization.note)
+
+
+def test_pad_tokens_in_the_loss_are_not_a_false_alarm() -> None:
+    model, (ids,), loss = BUILDERS["gpt2"]()
+    model.inner.transformer.wte.padding_idx = 0
+    ids = ids.clone()
+    ids[:, -3:] = 0  # pad tokens inside the sequence the loss is computed over
+    report = check(model, (ids,), loss, **QUICK)
+    assert report.verdict == "passed", _summary(report)
+    wte = next(t for t in report.gradient_check.parameters if t.name.endswith("wte.weight"))
+    assert wte.note is not None and "padding_idx" in wte.note
+
+
+class _Reversible(torch.autograd.Function):
+    """A reversible residual pair (y1 = x1 + f(x2), y2 = x2 + g(y1)) that delivers f's and g's weight gradients
+    by an inner backward into ``.grad``, as memory-saving reversible layers do; autograd sees no parameter."""
+
+    @staticmethod
+    def forward(ctx: Any, x1: torch.Tensor, x2: torch.Tensor, f: nn.Module, g: nn.Module) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            y1 = x1 + f(x2)
+            y2 = x2 + g(y1)
+        ctx.f, ctx.g = f, g
+        ctx.save_for_backward(x1, x2)
+        return y1, y2
+
+    @staticmethod
+    def backward(ctx: Any, g1: torch.Tensor, g2: torch.Tensor) -> tuple[Any, ...]:
+        x1, x2 = (t.detach().requires_grad_(True) for t in ctx.saved_tensors)
+        with torch.enable_grad():
+            y1 = x1 + ctx.f(x2)
+            y2 = x2 + ctx.g(y1)
+            torch.autograd.backward((y1, y2), (g1, g2))
+        return x1.grad, x2.grad, None, None
+
+
+class ReversibleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+        self.g = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y1, y2 = _Reversible.apply(x[:, :6], x[:, 6:], self.f, self.g)
+        return self.head(torch.cat([y1, y2], dim=1))
+
+
+def test_gradients_delivered_by_an_inner_backward_pass() -> None:
+    torch.manual_seed(0)
+    report = check(ReversibleNet(), (torch.randn(4, 12),), mode="full", **QUICK)
+    assert report.verdict == "passed", _summary(report)
+    assert not any(t.unused for t in report.gradient_check.parameters)
+
+
+class Reseeding(nn.Module):
+    """Reseeds its dropout from the OS on every forward, as Reformer's default config does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.seed()
+        return nn.functional.dropout(self.lin(x), 0.3, training=True)
+
+
+def test_a_forward_that_reseeds_its_rng_is_inconclusive() -> None:
+    torch.manual_seed(0)
+    report = check(Reseeding(), (torch.randn(4, 6),), **QUICK)
+    assert report.verdict == "inconclusive" and not report.passed
+    assert not report.gradient_check.reproducible
+    assert "not reproducible" in report.inconclusive_because[0]
+
+
+def test_a_model_with_nothing_to_compare_is_not_passed() -> None:
+    model = nn.Linear(4, 2)
+    model.requires_grad_(False)
+
+    class Shift(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.inner(ids.float())
+
+    with pytest.raises(Exception, match="nothing|requires grad|no parameter"):
+        report = check(Shift(), (torch.ones(3, 4, dtype=torch.long),), **QUICK)
+        assert report.verdict != "passed"
+
+
+def test_classifier_wrapper_is_what_users_write() -> None:  # guard: the corpus uses the models' own losses
+    model, inputs, _ = BUILDERS["bert"]()
+    assert isinstance(model, Classifier) and model(*inputs).dim() == 0
