@@ -26,10 +26,10 @@ class Measured:
 
 
 def measure(
-    evaluator: LossEvaluator, target: Target, directions: torch.Tensor, dtype: torch.dtype
+    evaluator: LossEvaluator, target: Target, directions: torch.Tensor, dtype: torch.dtype, step_factor: float = 1.0
 ) -> Measured:
     """Finite-difference derivative of the loss along each row of ``directions`` (shape [m, *target.shape])."""
-    step = base_step(dtype)
+    step = base_step(dtype) * step_factor
     diffs, suspicious = _measure_at(evaluator, target, directions, step, dtype)
     if bool(suspicious.any()):
         idx = suspicious.nonzero().flatten()
@@ -83,7 +83,8 @@ def probe_directions(base: torch.Tensor, count: int, generator: torch.Generator)
 
 
 def measure_coordinates(
-    evaluator: LossEvaluator, target: Target, flat_indices: torch.Tensor, dtype: torch.dtype
+    evaluator: LossEvaluator, target: Target, flat_indices: torch.Tensor, dtype: torch.dtype,
+    step_factor: float = 1.0,
 ) -> Measured:
     """Partial derivative of the loss w.r.t. each listed coordinate (in the target's own units)."""
     numel = max(1, target.base.numel())
@@ -92,7 +93,7 @@ def measure_coordinates(
     for start in range(0, flat_indices.numel(), group):
         idx = flat_indices[start : start + group]
         dirs, scale = coordinate_directions(target.base, idx)
-        got = measure(evaluator, target, dirs, dtype)
+        got = measure(evaluator, target, dirs, dtype, step_factor)
         parts.append(Measured(numeric=got.numeric / scale, error=got.error / scale, kink=got.kink))
     if not parts:
         empty = torch.empty(0, dtype=torch.float64)

@@ -123,7 +123,13 @@ def run_gradient_check(
     results: dict[str, TensorCheck] = {}
     for i, item in enumerate(items):
         progress("gradient check", i / total)
-        results[item.name] = by_output.get(item.name) or check_tensor(evaluator, item, opts, work.dtype, gen)
+        through_output = by_output.get(item.name)
+        if through_output is None or not through_output.resolved:
+            # Direct perturbation re-measures blind coordinates with larger steps, which the output-space path
+            # (one step for the whole layer output) cannot.
+            direct = check_tensor(evaluator, item, opts, work.dtype, gen)
+            through_output = direct if through_output is None or direct.resolved else through_output
+        results[item.name] = through_output
     progress("gradient check", 1.0)
     params = [results[n] for n, _ in work.trainable_parameters() if n in results]
     inputs = [results[f"input[{i}]"] for i in work.float_input_indices if f"input[{i}]" in results]
