@@ -16,8 +16,6 @@ from torch import nn
 from gradcheck_service import check
 from tests.fixtures.hf_models import BUILDERS, Classifier, _ids
 
-pytest.importorskip("transformers")  # a test dependency: installed by `pip install -e '.[test]'`
-
 QUICK: dict[str, Any] = {"health": False, "memory": False}
 
 
