@@ -1,0 +1,117 @@
+"""What a default-mode check costs, counted in training steps of the same model, side by side in one run.
+
+For each model file under ``benchmarks/models/``:
+
+* **cold**: ``gradcheck-service check FILE --json --no-health --no-memory`` in a fresh process, as CI runs it
+  (interpreter start, imports, model build, first calls included), wall time;
+* **warm**: the same check again inside one process, after a first one (``report.timings.gradient_check_s``);
+* **step**: one training step in the model's own dtype (forward + loss + backward), the fastest of 20 after 3
+  warm-up steps, in a fresh process of its own;
+* the check's cost in steps (cold / step and warm / step) and the evaluations it spent.
+
+``--beside-load`` repeats everything with a CPU-bound process spinning beside it, to show how the check degrades
+on a shared CI runner. ``--timeout`` caps each cold check (a model that would take hours is reported as over the
+cap, not waited for). Run: ``python benchmarks/check_cost.py [--models mlp_1m lstm_tiny gpt] [--gpt2-small]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = Path(__file__).parent / "models"
+
+_STEP_AND_WARM = r"""
+import json, sys, time, torch
+from gradcheck_service import check
+from gradcheck_service.definitions import load_definition
+d = load_definition(sys.argv[1])
+loss = d.loss_fn
+def step():
+    out = d.module(*d.inputs)
+    value = loss(out, *d.inputs) if loss is not None else out.float().sum() if out.dim() else out
+    value.backward()
+for _ in range(3):
+    step()
+times = []
+for _ in range(20):
+    t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
+result = {"step_s": min(times)}
+if sys.argv[2] == "warm":
+    check(d.module, d.inputs, d.loss_fn, health=False, memory=False)
+    r = check(d.module, d.inputs, d.loss_fn, health=False, memory=False)
+    result["warm_s"] = r.timings.gradient_check_s
+print(json.dumps(result))
+"""
+
+
+def cold_check(path: Path, timeout: float, env: dict[str, str]) -> dict:
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "gradcheck-service"), "check", str(path), "--json", "--no-health",
+             "--no-memory"], capture_output=True, text=True, timeout=timeout, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"cold_s": None, "over_cap_s": timeout}
+    wall = time.perf_counter() - t0
+    report = json.loads(proc.stdout)
+    gc = report["gradient_check"]
+    return {"cold_s": wall, "verdict": report["verdict"], "evaluations": gc["evaluations"],
+            "gradient_check_s": report["timings"]["gradient_check_s"]}
+
+
+def measure(name: str, timeout: float, warm: bool, env: dict[str, str]) -> dict:
+    path = MODELS / f"{name.split(':')[0]}.py"
+    result = {"model": name, **cold_check(path, timeout, env)}
+    out = subprocess.run([sys.executable, "-c", _STEP_AND_WARM, str(path), "warm" if warm else "step"],
+                         capture_output=True, text=True, timeout=None, env=env)
+    result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    step = result["step_s"]
+    if result.get("cold_s"):
+        result["cold_steps"] = result["cold_s"] / step
+    if result.get("warm_s"):
+        result["warm_steps"] = result["warm_s"] / step
+    return result
+
+
+def spinner() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=["mlp_1m", "lstm_tiny", "gpt"])
+    parser.add_argument("--gpt2-small", action="store_true", help="also the 124M GPT-2-small shape (cold only)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="cap per cold check, seconds")
+    parser.add_argument("--beside-load", action="store_true", help="repeat with a CPU-bound process beside it")
+    args = parser.parse_args()
+    print(f"# {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
+    runs = [(m, {}) for m in args.models]
+    if args.gpt2_small:
+        runs.append(("gpt:small", {"GRADCHECK_BENCH_GPT": "small"}))
+    loads = [False, True] if args.beside_load else [False]
+    for loaded in loads:
+        busy = spinner() if loaded else None
+        try:
+            for name, extra in runs:
+                env = {**os.environ, **extra}
+                r = measure(name, args.timeout, warm=not name.endswith(":small"), env=env)
+                cold = f"{r['cold_s']:.2f} s" if r.get("cold_s") else f"> {r['over_cap_s']:.0f} s (cap)"
+                print(f"{name:10s} {'loaded' if loaded else 'quiet ':6s} step {r['step_s'] * 1e3:8.2f} ms | "
+                      f"cold check {cold} = {r.get('cold_steps', float('nan')):,.0f} steps | warm "
+                      f"{r.get('warm_s', float('nan')):.2f} s = {r.get('warm_steps', float('nan')):,.0f} steps | "
+                      f"{r.get('evaluations', '?')} evaluations, {r.get('verdict', '?')}", flush=True)
+        finally:
+            if busy is not None:
+                busy.kill()
+
+
+if __name__ == "__main__":
+    main()
