@@ -101,8 +101,8 @@ def service_env(**settings: Any) -> dict[str, str]:
 
 
 def cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a service command (``python -m gradcheck_service.service_cli ...``) to completion."""
-    return subprocess.run([sys.executable, "-m", "gradcheck_service.service_cli", *args], env=env, cwd=ROOT,
+    """Run a service command (``python -m gradcheck_service.cli ...``) to completion."""
+    return subprocess.run([sys.executable, "-m", "gradcheck_service.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -112,7 +112,7 @@ class ServiceProcess:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self.handle = log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gradcheck_service.service_cli", *args], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "gradcheck_service.cli", *args], env=env,
                                      cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:

@@ -33,7 +33,6 @@ from typing import Annotated, Any, Literal
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..cli_check import parse_bytes
 from ..options import CheckOptions
 
 CONFIG_FILES = ("gradcheck.toml", "pyproject.toml")
@@ -145,6 +144,9 @@ def _entry(raw: dict[str, Any], defaults: dict[str, Any], root: Path, where: str
     kept = [i for i, kind in enumerate(fail_on) if kind != "regression"]  # "regression" is CI's, not the check's
     option_values["fail_on"] = [fail_on[i] for i in kept]
     if values.get("memory_budget") is not None:
+        # Imported here: the cli package imports the ci command, which imports this module.
+        from ..cli.check import parse_bytes
+
         budget = values["memory_budget"]
         try:
             option_values["memory_budget_bytes"] = budget if isinstance(budget, int) else parse_bytes(str(budget))

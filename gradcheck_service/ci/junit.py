@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ..render_health import human_bytes
+from ..cli.render_health import human_bytes
 from ..report import Report
 from .describe import (
     blamed_modules,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..render_health import human_bytes
+from ..cli.render_health import human_bytes
 from ..report import Report
 from .describe import (
     blamed_modules,

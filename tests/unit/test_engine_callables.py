@@ -199,7 +199,7 @@ def test_sparse_tensor_inside_the_forward_is_profiled() -> None:
 
 
 def test_parameter_free_report_renders_the_inputs_gradients() -> None:
-    from gradcheck_service.render import render_report
+    from gradcheck_service.cli.render import render_report
 
     x, y = (t.double() for t in _inputs())
     report = check(FunctionAsModule(SoftplusFn), (x, y))

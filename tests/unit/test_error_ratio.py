@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from torch import nn
 
 from gradcheck_service import check
-from gradcheck_service.render import render_gradient_check
+from gradcheck_service.cli.render import render_gradient_check
 from gradcheck_service.report import TensorCheck
 from tests.fixtures.buggy_models import BUGGY
 from tests.unit.service_api import Project

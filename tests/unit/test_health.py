@@ -10,8 +10,8 @@ from torch import nn
 
 from gradcheck_service.checks.health import analyze_gradients
 from gradcheck_service.checks.loss import RandomProjection
+from gradcheck_service.cli.render_health import render_gradient_flow
 from gradcheck_service.options import HealthThresholds
-from gradcheck_service.render_health import render_gradient_flow
 
 WIDTH = 32
 

@@ -9,8 +9,8 @@ from torch import nn
 
 from gradcheck_service import check
 from gradcheck_service.checks.memory import optimizer_state_bytes, profile_memory
+from gradcheck_service.cli.render_health import render_memory
 from gradcheck_service.options import CheckOptions
-from gradcheck_service.render_health import render_memory
 
 N, IN, HIDDEN, OUT = 8, 10, 20, 3
 

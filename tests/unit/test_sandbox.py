@@ -90,7 +90,7 @@ def test_refusal_where_the_network_cannot_be_isolated(monkeypatch: pytest.Monkey
 
 def test_sandbox_check_command_reports_and_exits_by_policy(bubblewrap: None) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADCHECK_")}
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "gradcheck_service.service_cli",
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "gradcheck_service.cli",
                            "sandbox-check", "--json"], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .report import Report, TensorCheck
+from ..report import Report, TensorCheck
 
 
 def _fmt(value: float) -> str:

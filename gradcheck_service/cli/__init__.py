@@ -6,12 +6,12 @@ import importlib
 
 import click
 
-from . import __version__
+from .. import __version__
 
 # Modules that each define ``commands: list[click.Command]``; imported when the group is built.
 COMMAND_MODULES = (
-    "gradcheck_service.cli_check",
-    "gradcheck_service.service_cli",
+    "gradcheck_service.cli.check",
+    "gradcheck_service.cli.service",
     "gradcheck_service.ci.cli",
 )
 

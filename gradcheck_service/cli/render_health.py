@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from .checks.findings import Finding
-from .checks.health import Diagnosis, GradientNorms
-from .checks.memory import MemoryProfile
+from ..checks.findings import Finding
+from ..checks.health import Diagnosis, GradientNorms
+from ..checks.memory import MemoryProfile
 
 BAR_WIDTH = 32
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from .ci.bundle import Bundle, bundle
-from .ci.client import ServiceClient, ServiceError
+from ..ci.bundle import Bundle, bundle
+from ..ci.client import ServiceClient, ServiceError
 
 EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ERROR = 0, 1, 2, 3
 
@@ -115,7 +115,7 @@ def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool
 
 def _bundle(path: Path, include: tuple[str, ...]) -> Bundle:
     """The archive of ``path`` and its repository imports (``ValueError`` naming the problem)."""
-    from .ci.config import ConfigError, find_config, load_config
+    from ..ci.config import ConfigError, find_config, load_config
 
     root, pythonpath = Path.cwd().resolve(), []
     if find_config(root) is not None:

@@ -68,10 +68,10 @@ def check_command(
     as_json: bool, allow_inconclusive: bool, debug: bool,
 ) -> None:
     """Check the model in PATH (a .py model file or a .json spec) against finite differences."""
-    from .checks.working_copy import CheckError
-    from .ci.config import ConfigError
-    from .definitions import DefinitionError, load_definition
-    from .definitions.output_capture import CapturedOutput, output_or_none
+    from ..checks.working_copy import CheckError
+    from ..ci.config import ConfigError
+    from ..definitions import DefinitionError, load_definition
+    from ..definitions.output_capture import CapturedOutput, output_or_none
 
     # Whatever the model's code prints (while its file is imported and built, and in every forward) goes into
     # the report, never onto our stdout: --json must stay one JSON document.
@@ -79,13 +79,13 @@ def check_command(
     try:
         options = check_options(mode, int(order), device, seed, fail_on, memory_budget, precision, checkpoint,
                                 batch_scaling, not no_health, not no_memory)
-        from .options import CheckOptions
+        from ..options import CheckOptions
 
         opts = CheckOptions(**options)
         show_progress = not as_json and sys.stderr.isatty()
         with captured:
             definition = load_definition(path, import_roots())
-            from .checks.engine import check
+            from ..checks.engine import check
 
             with progress_display(enabled=show_progress, file=captured.terminal) as progress:
                 report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
@@ -113,7 +113,7 @@ def check_command(
 def import_roots() -> list[Path]:
     """The current directory (the repository root) and the `pythonpath` of its gradcheck configuration, if any:
     a model file imports the repository's modules from there, as in ``ci``."""
-    from .ci.config import ConfigError, find_config
+    from ..ci.config import ConfigError, find_config
 
     root = Path.cwd().resolve()
     found = find_config(root)

@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from . import config as service_config
-from .submit_cli import submit
+from .. import config as service_config
+from .submit import submit
 
 
 def _settings() -> dict[str, Any]:
@@ -41,7 +41,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def db_upgrade(revision: str) -> None:
     """Create or migrate the configured database (GRADCHECK_DATABASE_URL) to the latest schema."""
-    from .store.migrate import upgrade
+    from ..store.migrate import upgrade
 
     url = _settings()["DATABASE_URL"]
     try:
@@ -66,8 +66,8 @@ def token() -> None:
 
 
 def _session() -> Any:
-    from .store.db import make_engine
-    from .store.migrate import upgrade
+    from ..store.db import make_engine
+    from ..store.migrate import upgrade
 
     url = _settings()["DATABASE_URL"]
     try:
@@ -84,7 +84,7 @@ def _session() -> Any:
 @click.option("--name", default=None, help="A label for the token, e.g. the CI system using it.")
 def token_create(project: str, name: str | None) -> None:
     """Create a token; it is printed once, on the last line."""
-    from .store.tokens import create_token
+    from ..store.tokens import create_token
 
     with _session() as session:
         new = create_token(session, project, name)
@@ -97,7 +97,7 @@ def token_create(project: str, name: str | None) -> None:
 @click.option("--project", default=None, help="Only this project's tokens.")
 def token_list(project: str | None) -> None:
     """List tokens: id, project, name, prefix, created, last used, revoked."""
-    from .store.tokens import list_tokens
+    from ..store.tokens import list_tokens
 
     with _session() as session:
         rows = list_tokens(session, project)
@@ -114,7 +114,7 @@ def token_list(project: str | None) -> None:
 @click.argument("token_id", type=int)
 def token_revoke(token_id: int) -> None:
     """Revoke a token by its id (see `token list`); requests with it get 401 from then on."""
-    from .store.tokens import revoke_token
+    from ..store.tokens import revoke_token
 
     with _session() as session:
         done = revoke_token(session, token_id)
@@ -140,14 +140,14 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, hostname: s
     unknown = [q for q in names if q not in ("cpu", "gpu")]
     if not names or unknown:
         _fail(f"unknown queue {unknown[0] if unknown else queues!r}: use cpu, gpu or cpu,gpu")
-    from .extensions import machine_has_cuda
+    from ..extensions import machine_has_cuda
 
     if "gpu" in names and not machine_has_cuda():
         _fail("this machine has no usable CUDA device (or torch was built without CUDA): a gpu worker would take "
               "runs asking for device cuda and could not run them; use --queues cpu")
     settings = _settings()
     if settings["DATABASE_URL"].startswith("sqlite"):
-        from .store.migrate import upgrade
+        from ..store.migrate import upgrade
 
         upgrade(settings["DATABASE_URL"])
     from workers.celery_app import celery_app
@@ -179,7 +179,7 @@ def sandbox_check(as_json: bool) -> None:
     import json
     from dataclasses import asdict
 
-    from .jobs import sandbox
+    from ..jobs import sandbox
 
     settings = _settings()
     isolation = sandbox.self_test()
@@ -209,10 +209,10 @@ def sandbox_check(as_json: bool) -> None:
 def _embedded_worker(concurrency: int) -> subprocess.Popen[bytes]:
     """The embedded mode's worker: the same command a user would run, as a child of ``serve``. It takes the gpu
     queue too only where this machine has CUDA (the API refuses CUDA runs otherwise)."""
-    from .extensions import machine_has_cuda
+    from ..extensions import machine_has_cuda
 
     queues = "cpu,gpu" if machine_has_cuda() else "cpu"
-    command = [sys.executable, "-m", "gradcheck_service.service_cli", "worker", "--queues", queues,
+    command = [sys.executable, "-m", "gradcheck_service.cli", "worker", "--queues", queues,
                "--concurrency", str(concurrency), "--beat", "--loglevel", "WARNING"]
     return subprocess.Popen(command, start_new_session=True)
 
@@ -253,7 +253,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
 def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: bool) -> None:
     """Serve the API (and, with nothing configured, one embedded worker on SQLite)."""
-    from .store.migrate import upgrade
+    from ..store.migrate import upgrade
 
     settings = _settings()
     try:
@@ -270,11 +270,11 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
     owner = os.getpid()
     try:
         if dev:
-            from .app import create_app
+            from ..app import create_app
 
             create_app().run(host=host, port=port, threaded=True, use_reloader=False)
         else:
-            from .gunicorn_app import run_gunicorn
+            from ..gunicorn_app import run_gunicorn
 
             run_gunicorn(f"{host}:{port}", http_workers)
     finally:
@@ -285,15 +285,3 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
 
 
 commands: list[click.Command] = [serve, worker, token, submit, db, sandbox_check]
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def _standalone() -> None:
-    """Service commands (also available through `gradcheck-service`)."""
-
-
-for _command in commands:
-    _standalone.add_command(_command)
-
-if __name__ == "__main__":
-    _standalone()
