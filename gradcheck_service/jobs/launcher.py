@@ -1,4 +1,4 @@
-"""Start the check child (``gradcheck_service.runner``), watch it, enforce its wall time, read its result.
+"""Start the check child (``jobs.runner``), watch it, enforce its wall time, read its result.
 
 The child gets a scrubbed environment (no ``GRADCHECK_*`` settings, no database or broker URL, no token), its own
 session (so the whole process group can be killed), a scratch directory, and a wall-time limit; its result is
@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .. import runner
-from . import jobgroup, sandbox
+from . import jobgroup, runner, sandbox
 from .containment import classify_exit
 
 # Variables passed through to the child; everything else is dropped.
@@ -131,7 +130,7 @@ def _waited(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 
 
 class SpawnLauncher:
-    """A fresh ``python -m gradcheck_service.runner run JOB`` per check."""
+    """A fresh ``python -m gradcheck_service.jobs.runner run JOB`` per check."""
 
     sandboxed = False
 
@@ -139,7 +138,7 @@ class SpawnLauncher:
         self.limits: dict[str, Any] = {}  # the limits named in error messages
 
     def command(self, job_dir: Path) -> list[str]:
-        return [sys.executable, "-m", "gradcheck_service.runner", "run", str(job_dir)]
+        return [sys.executable, "-m", "gradcheck_service.jobs.runner", "run", str(job_dir)]
 
     def prepare(self, job_dir: Path) -> dict[str, str]:
         """Get the job directory ready for the child; returns the child's environment."""
@@ -328,7 +327,7 @@ class ForkServerLauncher:
 
         self.home = Path(tempfile.mkdtemp(prefix="gradcheck-runner-"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gradcheck_service.runner", "serve"], cwd=self.home,
+            [sys.executable, "-m", "gradcheck_service.jobs.runner", "serve"], cwd=self.home,
             env=child_env(self.home), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             bufsize=0, start_new_session=True, close_fds=True,
         )

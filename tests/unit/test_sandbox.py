@@ -18,7 +18,7 @@ from gradcheck_service.jobs import sandbox
 from gradcheck_service.jobs.containment import classify_exception, classify_exit
 from gradcheck_service.jobs.execute import model_file_launcher
 from gradcheck_service.jobs.launcher import SandboxedLauncher
-from gradcheck_service.runner import execute
+from gradcheck_service.jobs.runner import execute
 from tests.service_support import ROOT, TINY_SPEC
 
 FULL = sandbox.Isolation(bubblewrap=True, network_namespace=True, pid_namespace=True, readonly_filesystem=True,

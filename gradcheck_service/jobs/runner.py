@@ -7,9 +7,9 @@ broker and is started with an environment that holds neither their URLs nor any 
 
 Two ways to start it (``GRADCHECK_RUNNER_MODE``):
 
-* ``python -m gradcheck_service.runner run JOB_DIR`` -- a fresh interpreter per check (``spawn``);
-* ``python -m gradcheck_service.runner serve`` -- a preloaded process (torch and the engine imported once) that reads
-  job directories on stdin and forks one child per job (``fork``, the default). The forked child starts its own
+* ``python -m gradcheck_service.jobs.runner run JOB_DIR`` -- a fresh interpreter per check (``spawn``);
+* ``python -m gradcheck_service.jobs.runner serve`` -- a preloaded process (torch and the engine imported once) that
+  reads job directories on stdin and forks one child per job (``fork``, the default). The forked child starts its own
   session, so the worker can kill its whole process group, and :func:`contain` is where it drops privileges
   (the sandbox hardens this). The server itself runs no torch operation, so forking it is safe.
 """
@@ -85,7 +85,7 @@ def _contained(exc: BaseException, job_dir: Path, job: dict[str, Any]) -> dict[s
     sandbox = job.get("sandbox")
     if not isinstance(sandbox, dict):
         return None
-    from .jobs.containment import classify_exception
+    from .containment import classify_exception
 
     found = classify_exception(exc, job_dir, dict(sandbox.get("limits") or {}))
     return _error(*found) if found else None
@@ -94,8 +94,8 @@ def _contained(exc: BaseException, job_dir: Path, job: dict[str, Any]) -> dict[s
 def _missing_package(exc: Exception, local_dirs: list[Path]) -> dict[str, Any] | None:
     """The ``missing_package`` error when the model imports a module that is neither in the submitted files nor
     installed here: it names the module, says what this environment has, and where to list it."""
-    from .definitions.pyfile import MissingModuleError
-    from .environment import installed_packages
+    from ..definitions.pyfile import MissingModuleError
+    from ..environment import installed_packages
 
     if not isinstance(exc, MissingModuleError):
         return None
@@ -128,10 +128,10 @@ def execute(job_dir: Path) -> dict[str, Any]:
     """Load the definition and run the check; every failure becomes an ``error`` result naming its cause."""
     from pydantic import ValidationError
 
-    from .checks.engine import check
-    from .definitions import DefinitionError, load_definition
-    from .definitions.output_capture import CapturedOutput, output_or_none
-    from .options import CheckOptions
+    from ..checks.engine import check
+    from ..definitions import DefinitionError, load_definition
+    from ..definitions.output_capture import CapturedOutput, output_or_none
+    from ..options import CheckOptions
 
     job = _read_job(job_dir)
     progress = _Progress(job_dir / PROGRESS)
@@ -204,8 +204,8 @@ def _preload() -> None:
     """Import everything a check needs once, before any fork (no torch operation runs here)."""
     import torch  # noqa: F401
 
-    from .checks import engine  # noqa: F401
-    from .definitions import loader, pyfile, spec  # noqa: F401
+    from ..checks import engine  # noqa: F401
+    from ..definitions import loader, pyfile, spec  # noqa: F401
 
 
 def _fork_job(job_dir: Path) -> int:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) == 2 and args[0] == "run":
         die_with_parent()
         return run_job(Path(args[1]))
-    print("usage: python -m gradcheck_service.runner run JOB_DIR | serve", file=sys.stderr)
+    print("usage: python -m gradcheck_service.jobs.runner run JOB_DIR | serve", file=sys.stderr)
     return 2
 
 
