@@ -10,15 +10,12 @@ forward activations grow as fast as the backward signal, so dL/dW = signal x act
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..options import HealthThresholds
 from .findings import Finding, one_significant_figure
-
-if TYPE_CHECKING:
-    from .health import GradientNorms, LayerSignal
+from .gradient_stats import GradientNorms, LayerSignal
 
 _SATURATING = {"Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Softsign", "LogSigmoid"}
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+from ..checks.diagnosis import Diagnosis
 from ..checks.findings import Finding
-from ..checks.health import Diagnosis, GradientNorms
+from ..checks.gradient_stats import GradientNorms
 from ..checks.memory import MemoryProfile
 
 BAR_WIDTH = 32
