@@ -253,12 +253,3 @@ def spec_json_schema() -> dict[str, Any]:
     schema = ModelSpec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
-
-
-def __getattr__(name: str) -> Any:
-    # `build_from_spec` lives in .build (which imports this module); offer it here too, resolved lazily.
-    if name == "build_from_spec":
-        from .build import build_from_spec
-
-        return build_from_spec
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
