@@ -75,6 +75,10 @@ class CheckOptions(BaseModel):
         10.0, ge=1.0, description="A difference fails only when it exceeds this multiple of the estimated "
         "finite-difference error (plus a relative floor of a few machine epsilons)."
     )
+    strategy: Literal["local", "global"] = Field(
+        "local", description="default and fast mode: check each parameter through its own module's recorded call "
+        "plus joint probes over all parameters (local), falling back to the whole-model check when anything fails; "
+        "or always perturb through the whole model (global). full mode is always global.")
     localize: bool = Field(True, description="When the check fails, name the modules whose own backward is wrong.")
     health: bool = Field(True, description="Gradient norms and the vanishing/exploding diagnosis.")
     memory: bool = Field(True, description="Measured memory profile of one training step.")

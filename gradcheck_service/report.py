@@ -81,6 +81,13 @@ class GradientCheck(_Model):
     inputs: list[TensorCheck] = Field(default_factory=list)
     frozen_parameters: list[str] = Field(default_factory=list, description="requires_grad=False; not checked.")
     second_order: list[TensorCheck] = Field(default_factory=list, description="order=2: gradient of the gradient.")
+    strategy: Literal["local", "global"] = Field(
+        "global", description="local: each parameter compared through its own module's recorded call, composition "
+        "by joint probes (the passing case in default and fast mode); global: each tensor perturbed through the "
+        "whole model (full mode, and whenever anything failed).")
+    composition: TensorCheck | None = Field(
+        None, description="Joint probes: random directions over every trainable parameter together, through the "
+        "whole model, against the full analytic gradient.")
     reproducible: bool = Field(True, description="The loss at the unperturbed point came out the same on two "
                                "evaluations; when it did not, no finite difference means anything.")
     notes: list[str] = Field(default_factory=list)

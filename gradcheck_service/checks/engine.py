@@ -116,8 +116,13 @@ def run_gradient_check(
     analytic = run_analytic(work, loss, opts)
     evaluator = LossEvaluator(work.module, work.inputs, loss, opts.seed, chunk_size=opts.chunk_size)
     gen = torch.Generator().manual_seed(opts.seed + 7919)
-    by_output, notes = check_linear_layers(work, analytic, evaluator, opts, gen)
     reproducible = is_reproducible(evaluator, work.dtype)
+    composition = None
+    if reproducible and opts.strategy == "local" and opts.mode != "full" and work.trainable_parameters():
+        passed, composition = _local_strategy(work, loss, opts, analytic, evaluator, gen)
+        if passed is not None:
+            return passed, analytic, evaluator
+    by_output, notes = check_linear_layers(work, analytic, evaluator, opts, gen)
     items = checked_tensors(work, analytic) if reproducible else []
     total = max(len(items), 1)
     results: dict[str, TensorCheck] = {}
@@ -148,10 +153,50 @@ def run_gradient_check(
             inputs=inputs,
             frozen_parameters=[n for n, p in work.module.named_parameters() if not p.requires_grad],
             notes=notes,
+            strategy="global",
+            composition=composition,
         ),
         analytic,
         evaluator,
     )
+
+
+def _local_strategy(
+    work: WorkingCopy, loss: LossFn, opts: CheckOptions, analytic: AnalyticPass, evaluator: LossEvaluator,
+    gen: torch.Generator,
+) -> tuple[GradientCheck | None, TensorCheck | None]:
+    """Local checks per owning module + joint probes; None when anything fails (the global path then runs)."""
+    from .local import check_locally, joint_probes
+
+    composition = joint_probes(work, evaluator, analytic.parameter_grads, opts)
+    if composition is None or not composition.passed:
+        return None, composition
+    # Stock Linear/Conv weights are cheapest through their output (one coordinate of z covers a row of weights);
+    # every other parameter is checked locally, through its own module's call.
+    by_output, _notes = check_linear_layers(work, analytic, evaluator, opts, gen)
+    covered = {name for name, t in by_output.items() if t.resolved}
+    local = check_locally(work, loss, opts, skip=covered)
+    local.checks.update({name: by_output[name] for name in covered})
+    local.unchecked = [n for n in local.unchecked if n not in covered]
+    if not all(t.passed for t in local.checks.values()):
+        return None, composition
+    items = {item.name: item for item in checked_tensors(work, analytic)}
+    for name in local.unchecked:
+        local.checks[name] = check_tensor(evaluator, items[name], opts, work.dtype, gen)
+    inputs = [check_tensor(evaluator, items[f"input[{i}]"], opts, work.dtype, gen) for i in work.float_input_indices]
+    params = [local.checks[n] for n, _ in work.trainable_parameters()]
+    if not all(t.passed for t in params + inputs):
+        return None, composition
+    return GradientCheck(
+        passed=True, reproducible=True, mode=opts.mode, order=opts.order,
+        dtype=str(work.dtype).replace("torch.", ""), promoted=work.promoted, device=opts.device,
+        evaluator="sequential" if evaluator.any_fallback else "batched",
+        evaluations=evaluator.evaluations + local.evaluations, parameters=params, inputs=inputs,
+        frozen_parameters=[n for n, p in work.module.named_parameters() if not p.requires_grad],
+        notes=[f"{len(local.unchecked)} parameter(s) had no call that could be re-run alone and were checked "
+               f"through the whole model: {', '.join(local.unchecked[:5])}"] if local.unchecked else [],
+        strategy="local", composition=composition,
+    ), composition
 
 
 def is_reproducible(evaluator: LossEvaluator, dtype: torch.dtype) -> bool:

@@ -23,7 +23,7 @@ from torch.func import functional_call, vmap
 
 from .loss import LossFn, RandomProjection, float_leaves
 
-TargetKind = Literal["parameter", "input", "output"]
+TargetKind = Literal["parameter", "input", "output", "parameters"]
 # Random directions used to measure the loss's rounding noise per target (4 evaluations each).
 NOISE_DIRECTIONS = 3
 
@@ -79,6 +79,9 @@ class Target:
     input_index: int = -1
     module: nn.Module | None = None
     call: int = 0
+    # kind "parameters": base is every listed parameter flattened and concatenated (a joint direction)
+    names: tuple[str, ...] = ()
+    shapes: tuple[torch.Size, ...] = ()
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -213,6 +216,15 @@ class LossEvaluator:
     def _perturbed_loss(self, target: Target, delta: torch.Tensor) -> torch.Tensor:
         if target.kind == "parameter":
             out = self._forward(self.inputs, {target.name: target.base + delta})
+            return self.loss_fn(out, *self.inputs)
+        if target.kind == "parameters":
+            moved = target.base + delta
+            overrides, start = {}, 0
+            for name, shape in zip(target.names, target.shapes, strict=True):
+                n = shape.numel()
+                overrides[name] = moved[start : start + n].view(shape)
+                start += n
+            out = self._forward(self.inputs, overrides)
             return self.loss_fn(out, *self.inputs)
         if target.kind == "input":
             inputs = list(self.inputs)
