@@ -303,10 +303,10 @@ def inconclusive_reasons(gc: GradientCheck) -> list[str]:
     coordinates = sum(t.coordinates_checked for t in tensors)
     kinks = sum(t.kinks for t in tensors)
     compared = coordinates - kinks + sum(t.probes for t in tensors)
-    if compared <= 0:
-        reasons.append("nothing was compared: no parameter or float input with a gradient to check")
-    elif coordinates and kinks * 2 > coordinates:
+    if coordinates and kinks * 2 > coordinates:
         reasons.append(f"{kinks} of {coordinates} coordinates were set aside as kinks (non-differentiable points)")
+    elif compared <= 0:
+        reasons.append("nothing was compared: no parameter or float input with a gradient to check")
     unresolved = [t.name for t in tensors if not t.resolved]
     if tensors and len(unresolved) * 2 > len(tensors):
         reasons.append(f"{len(unresolved)} of {len(tensors)} tensors were not meaningfully checked (tolerance above "

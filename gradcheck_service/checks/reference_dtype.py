@@ -48,10 +48,9 @@ class KeepFloat64(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in _CAST_METHODS:
+        if func in _CAST_METHODS and not args[0].is_complex():
             self.kept[_name(func)] += 1
-            return args[0].to(torch.float64) if args[0].is_floating_point() or not args[0].is_complex() else \
-                func(*args, **kwargs)
+            return args[0].to(torch.float64)
         changed = False
         new_args = list(args)
         for i, a in enumerate(args):
