@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gradcheck_service import check
+from tests.fixtures.seeded_functions import WrongGrad
 
 QUICK: dict[str, Any] = {"health": False, "memory": False}
 
@@ -48,22 +49,6 @@ def test_local_and_global_agree_on_a_correct_model() -> None:
     assert whole.gradient_check.strategy == "global"
 
 
-class _WrongGrad(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * 1.2
-
-
 class Block(nn.Module):
     """Its own forward code (not a submodule) applies a wrong backward between its two layers."""
 
@@ -72,7 +57,7 @@ class Block(nn.Module):
         self.a, self.b = nn.Linear(6, 8), Gate(8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(_WrongGrad.apply(self.a(x)))
+        return self.b(WrongGrad.apply(self.a(x)))
 
 
 def test_a_bug_no_submodule_owns_fails_the_joint_probes_and_names_the_parent() -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from gradcheck_service import check
 from tests.fixtures.hf_models import BUILDERS, Classifier, _ids
+from tests.fixtures.seeded_functions import WrongGrad
 
 QUICK: dict[str, Any] = {"health": False, "memory": False}
 
@@ -43,26 +44,7 @@ def test_real_architecture_passes_with_real_coverage(name: str, train: bool) -> 
     assert len(unresolved) <= max(1, len(tensors) // 10), _summary(report)
 
 
-# The seeded Functions are written in the vmap-compatible style (setup_context, generate_vmap_rule), so the check
-# evaluates perturbations in batches; a Function without a batching rule is checked too, one evaluation at a time.
-
-
-class _WrongGrad(torch.autograd.Function):
-    """Identity forward, backward scaled by 1.5: a custom kernel with a wrong derivative."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * 1.5
+# The seeded Functions here are written in the vmap-compatible style, as in tests/fixtures/seeded_functions.py.
 
 
 class WrongBackward(nn.Module):
@@ -73,7 +55,7 @@ class WrongBackward(nn.Module):
         self.inner = inner
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return _WrongGrad.apply(self.inner(*args, **kwargs))
+        return WrongGrad.apply(self.inner(*args, **kwargs))
 
 
 class BuggyGelu(nn.Module):
