@@ -81,7 +81,9 @@ class WatchdogGroup(JobGroup):
         return self.cpu_of_exited + sum(self.cpu_by_pid.values())
 
     def kill(self) -> None:
-        for process in reversed(self._processes()):
+        # Parents before their children: a parent that outlived its children would see them die and could exit
+        # on its own (or start new ones) before its own SIGKILL arrives.
+        for process in self._processes():
             with contextlib.suppress(psutil.Error):
                 process.kill()
 
