@@ -3,7 +3,9 @@
 For each model file under ``benchmarks/models/``:
 
 * **cold**: ``gradcheck-service check FILE --json --no-health --no-memory`` in a fresh process, as CI runs it
-  (interpreter start, imports, model build, first calls included), wall time;
+  (interpreter start, imports, model build, first calls included), wall time; beside it the check's own time in
+  that fresh process (``timings.gradient_check_s``: first calls included, imports and model build not) and the
+  floor of any fresh process (``python -c "import torch, gradcheck_service.cli"``);
 * **warm**: the same check again inside one process, after a first one (``report.timings.gradient_check_s``);
 * **step**: one training step in the model's own dtype (forward + loss + backward), the fastest of 20 after 3
   warm-up steps, in a fresh process of its own;
@@ -67,6 +69,12 @@ def cold_check(path: Path, timeout: float, env: dict[str, str]) -> dict:
             "gradient_check_s": report["timings"]["gradient_check_s"]}
 
 
+def import_floor(env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, gradcheck_service.cli"], check=True, env=env)
+    return time.perf_counter() - t0
+
+
 def measure(name: str, timeout: float, warm: bool, env: dict[str, str]) -> dict:
     path = MODELS / f"{name.split(':')[0]}.py"
     result = {"model": name, **cold_check(path, timeout, env)}
@@ -76,6 +84,7 @@ def measure(name: str, timeout: float, warm: bool, env: dict[str, str]) -> dict:
     step = result["step_s"]
     if result.get("cold_s"):
         result["cold_steps"] = result["cold_s"] / step
+        result["cold_check_steps"] = result["gradient_check_s"] / step
     if result.get("warm_s"):
         result["warm_steps"] = result["warm_s"] / step
     return result
@@ -100,13 +109,17 @@ def main() -> None:
     for loaded in loads:
         busy = spinner() if loaded else None
         try:
+            print(f"{'loaded' if loaded else 'quiet'}: a fresh process importing torch and the CLI takes "
+                  f"{import_floor(dict(os.environ)):.2f} s", flush=True)
             for name, extra in runs:
                 env = {**os.environ, **extra}
                 r = measure(name, args.timeout, warm=not name.endswith(":small"), env=env)
                 cold = f"{r['cold_s']:.2f} s" if r.get("cold_s") else f"> {r['over_cap_s']:.0f} s (cap)"
+                nan = float("nan")
                 print(f"{name:10s} {'loaded' if loaded else 'quiet ':6s} step {r['step_s'] * 1e3:8.2f} ms | "
-                      f"cold check {cold} = {r.get('cold_steps', float('nan')):,.0f} steps | warm "
-                      f"{r.get('warm_s', float('nan')):.2f} s = {r.get('warm_steps', float('nan')):,.0f} steps | "
+                      f"CLI {cold} = {r.get('cold_steps', nan):,.0f} steps, of which the check "
+                      f"{r.get('gradient_check_s', nan):.2f} s = {r.get('cold_check_steps', nan):,.0f} steps | warm "
+                      f"{r.get('warm_s', nan):.3f} s = {r.get('warm_steps', nan):,.0f} steps | "
                       f"{r.get('evaluations', '?')} evaluations, {r.get('verdict', '?')}", flush=True)
         finally:
             if busy is not None:

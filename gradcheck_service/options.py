@@ -57,8 +57,9 @@ class CheckOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Mode = Field("default", description="full: every coordinate; default: small tensors fully, large ones "
-                       "sampled plus whole-tensor probes; fast: whole-tensor probes only.")
+    mode: Mode = Field("default", description="full: every coordinate, through the whole model; default: each "
+                       "parameter through its own module's call (tensors of up to 16 elements fully, larger ones by "
+                       "dense probes) plus joint probes through the whole model; fast: probes only.")
     order: Literal[1, 2] = Field(1, description="2 also checks the gradient of the gradient.")
     device: Literal["cpu", "cuda"] = "cpu"
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the random projection, probes and dropout.")

@@ -65,6 +65,13 @@ class TensorCheck(_Model):
     unused: bool = Field(False, description="Autograd gave no gradient (None); compared as zero.")
     resolved: bool = Field(True, description="False when the tolerance is above the tensor's largest gradient: a "
                            "gradient wrong by its own size could pass, so the tensor was not meaningfully checked.")
+    scope: Literal["local", "global"] = Field(
+        "global", description="local: compared through its own module's recorded call (finite differences of that "
+        "module's forward alone); global: perturbed through the whole model.")
+    undetected_error: float | None = Field(
+        None, description="The largest error one coordinate's gradient could have and still pass every comparison "
+        "made (absolute, in gradient units): the largest coordinate tolerance where every coordinate was compared, "
+        "else what the random-direction probes could miss. None where neither bounds it.")
     note: str | None = None
 
 
@@ -113,6 +120,9 @@ class Localization(_Model):
     performed: bool
     faulty_modules: list[str] = Field(default_factory=list)
     modules: list[ModuleCheck] = Field(default_factory=list)
+    calls_recorded: int = Field(0, description="Module calls in the recorded forward.")
+    calls_checked: int = Field(0, description="Module calls checked on their own: the bisection of the module tree "
+                               "checks a call's submodule calls only when the call itself fails.")
     note: str | None = None
 
 

@@ -45,11 +45,13 @@ def _measure_at(
 ) -> tuple[Differences, torch.Tensor]:
     m = directions.shape[0]
     per_direction = max(1, directions[0].numel() * directions.element_size() * 4)
+    if per_direction > DELTA_BUDGET_BYTES:
+        return _measure_one_at_a_time(evaluator, target, directions, step, dtype)
     group = max(1, DELTA_BUDGET_BYTES // per_direction)
     plus1, minus1, plus2, minus2 = [], [], [], []
     for start in range(0, m, group):
         d = directions[start : start + group]
-        deltas = (d.unsqueeze(0) * _MULTIPLIERS.to(d.dtype).view(4, 1, *([1] * (d.dim() - 1))) * step).flatten(0, 1)
+        deltas = (d.unsqueeze(0) * (_MULTIPLIERS.to(d.dtype) * step).view(4, 1, *([1] * (d.dim() - 1)))).flatten(0, 1)
         values = evaluator.losses(target, deltas).to(torch.float64)
         k = d.shape[0]
         plus1.append(values[:k])
@@ -60,6 +62,18 @@ def _measure_at(
         torch.cat(plus1), torch.cat(minus1), torch.cat(plus2), torch.cat(minus2),
         evaluator.base_loss, step, evaluator.loss_scale, evaluator.noise(target), dtype,
     )
+
+
+def _measure_one_at_a_time(
+    evaluator: LossEvaluator, target: Target, directions: torch.Tensor, step: float, dtype: torch.dtype
+) -> tuple[Differences, torch.Tensor]:
+    """:func:`_measure_at` for a target so large that one delta at a time is what memory allows."""
+    values = torch.empty((4, directions.shape[0]), dtype=torch.float64)
+    for k, d in enumerate(directions):
+        for j, multiplier in enumerate(_MULTIPLIERS.tolist()):
+            values[j, k] = evaluator.losses(target, (d * (multiplier * step)).unsqueeze(0))[0]
+    return combine(values[0], values[1], values[2], values[3], evaluator.base_loss, step, evaluator.loss_scale,
+                   evaluator.noise(target), dtype)
 
 
 def coordinate_directions(base: torch.Tensor, flat_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,9 +91,8 @@ def probe_directions(base: torch.Tensor, count: int, generator: torch.Generator)
     cannot miss an isolated error above its tolerance; several independent probes make cancellation between
     several wrong coordinates unlikely (probability 2^-probes for a pair of equal errors).
     """
-    signs = torch.randint(0, 2, (count, base.numel()), generator=generator).to(base.dtype) * 2 - 1
-    scale = robust_scale(base).to(base.dtype)
-    return (signs * scale).reshape((count, *base.shape))
+    dirs = torch.randint(0, 2, (count, base.numel()), generator=generator, dtype=base.dtype)
+    return dirs.mul_(2).sub_(1).mul_(robust_scale(base).to(base.dtype)).reshape((count, *base.shape))
 
 
 def measure_coordinates(
@@ -87,6 +100,8 @@ def measure_coordinates(
     step_factor: float = 1.0,
 ) -> Measured:
     """Partial derivative of the loss w.r.t. each listed coordinate (in the target's own units)."""
+    if evaluator.can_perturb_in_place(target):
+        return _measure_in_place(evaluator, target, flat_indices, dtype, step_factor)
     numel = max(1, target.base.numel())
     group = max(1, DELTA_BUDGET_BYTES // (numel * target.base.element_size() * 4))
     parts: list[Measured] = []
@@ -103,3 +118,26 @@ def measure_coordinates(
         error=torch.cat([p.error for p in parts]),
         kink=torch.cat([p.kink for p in parts]),
     )
+
+
+def _measure_in_place(
+    evaluator: LossEvaluator, target: Target, flat_indices: torch.Tensor, dtype: torch.dtype, step_factor: float,
+) -> Measured:
+    """:func:`measure_coordinates` for a large tensor: each coordinate perturbed in place (no dense deltas)."""
+    scale = robust_scale(target.base)[flat_indices]
+    step = base_step(dtype) * step_factor
+
+    def at(idx: torch.Tensor, h: float) -> tuple[Differences, torch.Tensor]:
+        offsets = (scale[idx].unsqueeze(0) * (_MULTIPLIERS.to(torch.float64) * h).unsqueeze(1)).reshape(-1)
+        values = evaluator.coordinate_losses(target, flat_indices[idx].repeat(4), offsets)
+        k = idx.numel()
+        return combine(values[:k], values[k : 2 * k], values[2 * k : 3 * k], values[3 * k :], evaluator.base_loss,
+                       h, evaluator.loss_scale, evaluator.noise(target), dtype)
+
+    everything = torch.arange(flat_indices.numel())
+    diffs, suspicious = at(everything, step)
+    if bool(suspicious.any()):
+        idx = suspicious.nonzero().flatten()
+        refined, still = at(idx, step / REFINE_FACTOR)
+        diffs.numeric[idx], diffs.error[idx], diffs.kink[idx] = refined.numeric, refined.error, still
+    return Measured(numeric=diffs.numeric / scale, error=diffs.error / scale, kink=diffs.kink)

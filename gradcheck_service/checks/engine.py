@@ -166,24 +166,20 @@ def _local_strategy(
     gen: torch.Generator,
 ) -> tuple[GradientCheck | None, TensorCheck | None]:
     """Local checks per owning module + joint probes; None when anything fails (the global path then runs)."""
-    from .local import check_locally, joint_probes
+    from .local import check_locally, joint_probes, local_plan
 
     composition = joint_probes(work, evaluator, analytic.parameter_grads, opts)
     if composition is None or not composition.passed:
         return None, composition
-    # Stock Linear/Conv weights are cheapest through their output (one coordinate of z covers a row of weights);
-    # every other parameter is checked locally, through its own module's call.
-    by_output, _notes = check_linear_layers(work, analytic, evaluator, opts, gen)
-    covered = {name for name, t in by_output.items() if t.resolved}
-    local = check_locally(work, loss, opts, skip=covered)
-    local.checks.update({name: by_output[name] for name in covered})
-    local.unchecked = [n for n in local.unchecked if n not in covered]
+    local = check_locally(work, loss, opts)
     if not all(t.passed for t in local.checks.values()):
         return None, composition
     items = {item.name: item for item in checked_tensors(work, analytic)}
-    for name in local.unchecked:
-        local.checks[name] = check_tensor(evaluator, items[name], opts, work.dtype, gen)
-    inputs = [check_tensor(evaluator, items[f"input[{i}]"], opts, work.dtype, gen) for i in work.float_input_indices]
+    for name in [*local.unchecked, *(f"input[{i}]" for i in work.float_input_indices)]:
+        item = items[name]
+        local.checks[name] = check_tensor(evaluator, item, opts, work.dtype, gen,
+                                          plan=local_plan(item.target.base.shape, opts))
+    inputs = [local.checks[f"input[{i}]"] for i in work.float_input_indices]
     params = [local.checks[n] for n, _ in work.trainable_parameters()]
     if not all(t.passed for t in params + inputs):
         return None, composition

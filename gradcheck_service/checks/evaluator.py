@@ -26,6 +26,14 @@ from .loss import LossFn, RandomProjection, float_leaves
 TargetKind = Literal["parameter", "input", "output", "parameters"]
 # Random directions used to measure the loss's rounding noise per target (4 evaluations each).
 NOISE_DIRECTIONS = 3
+# Targets larger than this are evaluated one perturbation at a time: under vmap every delta in a chunk becomes a
+# full copy of the tensor (an LM head of 38M float64 weights is 309 MB a copy).
+SEQUENTIAL_TARGET_BYTES = 64 * 2**20
+# Entries of a tensor whose median sets the floor of its step scale (robust_scale).
+MEDIAN_SAMPLE = 65536
+# From this many elements on, single coordinates are perturbed in place, one evaluation at a time, instead of as
+# dense one-hot deltas (a batch of those is a copy of the whole tensor per evaluation).
+IN_PLACE_MIN_NUMEL = 32768
 
 
 def rounding_noise(
@@ -45,7 +53,11 @@ def rounding_noise(
     gen = torch.Generator().manual_seed(seed + 15485863)
     signs = torch.randint(0, 2, (NOISE_DIRECTIONS, *base.shape), generator=gen).to(base.dtype) * 2 - 1
     d = signs * (torch.finfo(base.dtype).eps ** 0.5 * robust_scale(base).to(base.dtype).reshape(base.shape))
-    values = losses(target, torch.cat([d, -d, 2 * d, -2 * d])).to(torch.float64)
+    if d.numel() * d.element_size() * 4 <= SEQUENTIAL_TARGET_BYTES:
+        values = losses(target, torch.cat([d, -d, 2 * d, -2 * d])).to(torch.float64)
+    else:  # one delta at a time: twelve copies of a large tensor at once would not fit
+        values = torch.stack([losses(target, (m * row).unsqueeze(0))[0].to(torch.float64)
+                              for m in (1.0, -1.0, 2.0, -2.0) for row in d])
     k = NOISE_DIRECTIONS
     residual = values[2 * k : 3 * k] - values[3 * k :] - 2 * (values[:k] - values[k : 2 * k])
     return float(residual.pow(2).mean().div(10).sqrt())
@@ -61,7 +73,9 @@ def robust_scale(base: torch.Tensor) -> torch.Tensor:
     flat = base.detach().abs().reshape(-1).to(torch.float64)
     if not flat.numel():
         return flat
-    finite = flat[torch.isfinite(flat)]
+    # The median of an evenly strided sample: the same floor for a step scale, without sorting millions.
+    sample = flat[:: max(1, flat.numel() // MEDIAN_SAMPLE)]
+    finite = sample[torch.isfinite(sample)]
     floor = float(finite.median()) if finite.numel() else 0.0
     if floor == 0.0 and finite.numel():
         nonzero = finite[finite > 0]
@@ -114,6 +128,10 @@ class LossEvaluator:
         self._calls: dict[int, int] = {}
         self._hooks: list[Any] = []
         self.any_fallback = False
+        # share_noise: the first noise measured serves every target (one module's forward rounds one way).
+        # floor_noise: take the noise as zero, leaving only the roundoff floor (see check_tensor).
+        self.share_noise = False
+        self.floor_noise = False
         activation_bytes = self._measure_activation_bytes()
         self.chunk_size = max(1, min(chunk_size, memory_budget_bytes // max(activation_bytes, 1)))
         self.base_loss = float(self.loss())
@@ -179,6 +197,10 @@ class LossEvaluator:
 
     def noise(self, target: Target) -> float:
         """Measured rounding noise of the loss when ``target`` is perturbed (see :func:`rounding_noise`)."""
+        if self.floor_noise:
+            return 0.0
+        if self.share_noise and self._noise:
+            return next(iter(self._noise.values()))
         if target.key not in self._noise:
             self._noise[target.key] = rounding_noise(self.losses, target, self.seed)
         return self._noise[target.key]
@@ -239,12 +261,53 @@ class LossEvaluator:
     def losses(self, target: Target, deltas: torch.Tensor) -> torch.Tensor:
         """Loss at ``target.base + deltas[k]`` for every k; returns a 1-D tensor of len(deltas)."""
         with torch.no_grad(), self._maybe_hook(target):
+            if target.base.numel() * target.base.element_size() > SEQUENTIAL_TARGET_BYTES:
+                return self._sequential(target, deltas)  # a batch would hold one copy of the tensor per delta
             if self._batched_ok.get(target.key) is None:
                 self._batched_ok[target.key] = self._batched_matches(target)
                 self.any_fallback |= not self._batched_ok[target.key]
             if self._batched_ok[target.key]:
                 return self._batched(target, deltas)
             return self._sequential(target, deltas)
+
+    def can_perturb_in_place(self, target: Target) -> bool:
+        if target.base.numel() < IN_PLACE_MIN_NUMEL or not target.base.is_contiguous():
+            return False
+        return target.kind == "input" or (target.kind == "parameter" and self._parameter(target) is not None)
+
+    def _parameter(self, target: Target) -> torch.Tensor | None:
+        try:
+            p = self.model.get_parameter(target.name)
+        except AttributeError:
+            return None
+        return p if p.is_contiguous() and p.data_ptr() == target.base.data_ptr() else None
+
+    def coordinate_losses(self, target: Target, flat: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Loss with ``offsets[k]`` added to the single coordinate ``flat[k]`` of the target, for every k.
+
+        Each evaluation changes one entry of the tensor in place and puts the old value back, so no evaluation
+        copies the tensor: what a coordinate costs is one forward, whatever the tensor's size.
+        """
+        values = torch.empty(offsets.shape[0], dtype=torch.float64)
+        inputs = list(self.inputs)
+        found = self._parameter(target) if target.kind == "parameter" else target.base.clone()
+        assert found is not None
+        if target.kind == "input":
+            inputs[target.input_index] = found
+        view = found.detach().view(-1)
+        with torch.no_grad():
+            for k in range(offsets.shape[0]):
+                i = int(flat[k])
+                old = view[i].clone()
+                view[i] = old + offsets[k].to(view.dtype)
+                try:
+                    out = self._forward(inputs)
+                    values[k] = float(self.loss_fn(out, *inputs))
+                finally:
+                    view[i] = old
+                    self._restore_state()
+        self.evaluations += offsets.shape[0]
+        return values
 
     def _maybe_hook(self, target: Target) -> Any:
         if target.kind == "output":

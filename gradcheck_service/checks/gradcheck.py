@@ -14,7 +14,7 @@ from torch import nn
 from ..options import CheckOptions
 from ..report import Coordinate, TensorCheck
 from .directions import Measured, measure, measure_coordinates, probe_directions
-from .evaluator import LossEvaluator, Target
+from .evaluator import LossEvaluator, Target, robust_scale
 from .finite_difference import tolerance
 
 # Relative-error denominators never drop below this fraction of the tensor's largest gradient, so an entry whose
@@ -119,14 +119,48 @@ def plan_coordinates(numel: int, shape: torch.Size, options: CheckOptions, gen: 
 
 
 def check_tensor(
-    evaluator: LossEvaluator, item: Checked, options: CheckOptions, dtype: torch.dtype, gen: torch.Generator
+    evaluator: LossEvaluator, item: Checked, options: CheckOptions, dtype: torch.dtype, gen: torch.Generator,
+    plan: tuple[torch.Tensor, str] | None = None,
 ) -> TensorCheck:
-    """Compare autograd with finite differences for one tensor, by coordinates and/or probes."""
+    """Compare autograd with finite differences for one tensor, by coordinates and/or probes.
+
+    ``plan`` overrides which coordinates are compared (flat indices and the coverage they give).
+
+    In float64 the loss's rounding noise is measured only when it matters: the tensor is first compared with
+    the roundoff floor alone (the smallest tolerance the noise could give). A clean pass there is a pass under
+    any measured noise; anything else (a failure, a suspected kink, a tensor not resolved) is measured again
+    with the noise measured, so every verdict but the clean pass is exactly what the eager measurement gives.
+    """
+    return with_lazy_noise(evaluator, dtype, gen, lambda: _check_tensor(evaluator, item, options, dtype, gen, plan))
+
+
+def with_lazy_noise(
+    evaluator: LossEvaluator, dtype: torch.dtype, gen: torch.Generator, run: Callable[[], TensorCheck]
+) -> TensorCheck:
+    """``run()`` with the noise taken as zero; again with it measured (same random draws) unless a clean pass."""
+    if dtype != torch.float64 or evaluator.floor_noise:
+        return run()
+    draws = gen.get_state()
+    evaluator.floor_noise = True
+    try:
+        result = run()
+    finally:
+        evaluator.floor_noise = False
+    if result.passed and result.kinks == 0 and result.resolved:
+        return result
+    gen.set_state(draws)
+    return run()
+
+
+def _check_tensor(
+    evaluator: LossEvaluator, item: Checked, options: CheckOptions, dtype: torch.dtype, gen: torch.Generator,
+    plan: tuple[torch.Tensor, str] | None = None,
+) -> TensorCheck:
     base = item.target.base
     numel = base.numel()
     if numel == 0:  # no coordinate, and a probe over no coordinates measures nothing
         return nothing_compared(item, "full", "none (zero-size tensor)")
-    flat, coverage = plan_coordinates(numel, base.shape, options, gen)
+    flat, coverage = plan if plan is not None else plan_coordinates(numel, base.shape, options, gen)
     if item.by_design is not None:
         flat = flat[~item.by_design.reshape(-1)[flat]]
     parts: list[Comparison] = []
@@ -148,6 +182,27 @@ def check_tensor(
         probe_part = compare(analytic, measured, torch.empty((n_probes, 0), dtype=torch.long), options, dtype)
     return summarize(item, parts[0] if parts else None, probe_part, coverage,
                      method="central differences (Richardson, 2 steps)", numel=numel)
+
+
+def undetected_error(base: torch.Tensor, coords: Comparison | None, probes: Comparison | None,
+                     coverage: str) -> float | None:
+    """The largest error one coordinate's gradient could have without failing a comparison.
+
+    Where every coordinate was compared, it is the largest coordinate tolerance. Elsewhere an uncompared
+    coordinate ``j`` is seen only by the probes: a +-1 probe scaled by ``s_j`` moves by ``e_j s_j``, so an error
+    passes only if ``|e_j s_j|`` fits in every probe's slack (tolerance plus the difference already there);
+    the smallest scale of the tensor gives the bound for its least visible coordinate.
+    """
+    if coverage == "full" and coords is not None and coords.tolerance.numel():
+        valid = ~coords.kink
+        return float(coords.tolerance[valid].max()) if bool(valid.any()) else None
+    if probes is None or not probes.tolerance.numel():
+        return None
+    valid = ~probes.kink
+    if not bool(valid.any()):
+        return None
+    slack = (probes.tolerance + probes.abs_error)[valid].min()
+    return float(slack / robust_scale(base).min())
 
 
 # Larger steps for coordinates whose gradient is below their tolerance: roundoff error falls as 1/h while the
@@ -240,6 +295,7 @@ def summarize(
         unused=item.unused,
         resolved=resolved,
         note="; ".join(notes) or None,
+        undetected_error=undetected_error(item.target.base, coords, probes, coverage),
     )
 
 

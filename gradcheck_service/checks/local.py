@@ -27,8 +27,16 @@ from torch import nn
 from ..options import CheckOptions
 from ..report import TensorCheck
 from .directions import measure, probe_directions
-from .evaluator import LossEvaluator, Target
-from .gradcheck import Checked, check_tensor, compare, no_gradient_by_design, summarize
+from .evaluator import LossEvaluator, Target, robust_scale
+from .gradcheck import (
+    Checked,
+    Comparison,
+    check_tensor,
+    compare,
+    no_gradient_by_design,
+    summarize,
+    with_lazy_noise,
+)
 from .localize import ModuleCall, ReplayError, _CallAt, _Projection, record_calls
 from .loss import LossFn
 from .working_copy import WorkingCopy
@@ -86,17 +94,89 @@ def _check_own_parameters(
     by_design = no_gradient_by_design(rec.module)
     gen = torch.Generator().manual_seed(opts.seed + 7919 + rec.call)
     where = f"{rec.name or '<root>'}" + (f" call {rec.call}" if rec.call else "")
-    results = {}
+    items = []
     for (local_name, p), g in zip(own, grads, strict=True):
-        name = names[id(p)]
         mask, reason = by_design.get(local_name, (None, None))
         analytic = torch.zeros(p.shape, dtype=torch.float64) if g is None else g.detach().to(torch.float64)
-        item = Checked(name, "parameter", Target("parameter", f"inner.{local_name}", p.detach()), analytic,
-                       g is None, mask, reason)
-        result = check_tensor(evaluator, item, opts, dtype, gen)
-        result.method = f"local: finite differences of {where}'s own forward at its recorded call"
-        results[name] = result
+        items.append(Checked(names[id(p)], "parameter", Target("parameter", f"inner.{local_name}", p.detach()),
+                             analytic, g is None, mask, reason))
+    evaluator.share_noise = True  # one module's forward has one rounding behaviour: measured once if needed
+    method = f"local: finite differences of {where}'s own forward at its recorded call"
+    results = {}
+    probed = []
+    for item in items:
+        flat, coverage = local_plan(item.target.base.shape, opts)
+        if coverage == "probes":
+            probed.append(item)
+            continue
+        results[item.name] = check_tensor(evaluator, item, opts, dtype, gen, plan=(flat, coverage))
+    if probed:
+        results.update(_probe_together(evaluator, probed, opts, dtype, gen))
+    for result in results.values():
+        result.method = method + (f"; {result.method}" if result.method.startswith("probed together") else "")
+        result.scope = "local"
     return results, evaluator.evaluations
+
+
+def _probe_together(
+    evaluator: LossEvaluator, items: list[Checked], opts: CheckOptions, dtype: torch.dtype, gen: torch.Generator
+) -> dict[str, TensorCheck]:
+    """Dense probes over several parameter tensors of one module at once; each tensor gets the shared verdict.
+
+    One module's forward costs the same whichever of its tensors moves, so probing them together costs what
+    probing one does. A wrong gradient in any of them moves every probe by its error (the bound each tensor
+    reports uses its own scale); which one is wrong is the whole-model check's job when anything fails.
+    """
+    base = torch.cat([item.target.base.reshape(-1) for item in items])
+    analytic = torch.cat([item.analytic.reshape(-1) for item in items])
+    still = torch.cat([(item.by_design if item.by_design is not None else
+                        torch.zeros(item.target.base.shape, dtype=torch.bool)).reshape(-1) for item in items])
+    target = Target("parameters", "(own parameters)", base, names=tuple(item.target.name for item in items),
+                    shapes=tuple(item.target.base.shape for item in items))
+    joint = Checked("(own parameters)", "parameter", target, analytic, False)
+    others = f"probed together with {len(items) - 1} other tensor(s) of the module" if len(items) > 1 else ""
+    comparisons: list[Comparison] = []
+
+    def run() -> TensorCheck:
+        dirs = probe_directions(base, opts.probes, gen)
+        if bool(still.any()):
+            dirs = dirs.masked_fill(still, 0)
+        measured = measure(evaluator, target, dirs, dtype)
+        projected = dirs.to(torch.float64).reshape(opts.probes, -1) @ analytic
+        comparisons[:] = [compare(projected, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)]
+        return summarize(joint, None, comparisons[0], "probes", others, base.numel())
+
+    with_lazy_noise(evaluator, dtype, gen, run)
+    probes = comparisons[0]
+    valid = ~probes.kink
+    slack = float((probes.tolerance + probes.abs_error)[valid].min()) if bool(valid.any()) else None
+    scale = robust_scale(base)  # the probes' per-coordinate scale, floored over the whole module
+    results, start = {}, 0
+    for item in items:
+        n = item.target.base.numel()
+        result = summarize(item, None, probes, "probes", others or "probes", n)
+        result.undetected_error = None if slack is None else slack / float(scale[start : start + n].min())
+        results[item.name] = result
+        start += n
+    return results
+
+
+# Default mode compares tensors this small coordinate by coordinate: no more evaluations than the probes.
+LOCAL_FULL_NUMEL = 16
+
+
+def local_plan(shape: torch.Size, opts: CheckOptions) -> tuple[torch.Tensor, str]:
+    """Default mode: tiny tensors coordinate by coordinate, others by dense probes; fast mode: probes alone.
+
+    In float64 a dense +-1 probe moves by the full error of any single coordinate, so a handful of probes sees
+    every coordinate at once; comparing coordinates one by one would add cost, not sensitivity. Which coordinates
+    are wrong is named by the whole-model check that runs when anything fails.
+    """
+    if opts.mode == "fast":
+        return torch.empty(0, dtype=torch.long), "probes"
+    if shape.numel() <= LOCAL_FULL_NUMEL:
+        return torch.arange(shape.numel()), "full"
+    return torch.empty(0, dtype=torch.long), "probes"
 
 
 def _merge(parts: list[TensorCheck]) -> TensorCheck:
@@ -112,6 +192,11 @@ def _merge(parts: list[TensorCheck]) -> TensorCheck:
     merged.failed_coordinates = sum(t.failed_coordinates for t in parts)
     merged.kinks = sum(t.kinks for t in parts)
     merged.method = f"{worst.method} (and {len(parts) - 1} more call(s))"
+    notes = list(dict.fromkeys(part for t in parts if t.note for part in t.note.split("; ")))
+    merged.note = "; ".join(notes) or None
+    bounds = [t.undetected_error for t in parts]
+    # The gradient is the sum of every call's contribution: their undetected errors add up.
+    merged.undetected_error = None if any(b is None for b in bounds) else sum(b for b in bounds if b is not None)
     return merged
 
 
@@ -130,11 +215,21 @@ def joint_probes(
     ])
     target = Target("parameters", "(all parameters)", base, names=tuple(n for n, _ in named),
                     shapes=tuple(p.shape for _, p in named))
+    # Entries with no gradient by design (an Embedding's padding row, under any of its tied names) stay still.
+    by_design = {id(work.module.get_parameter(n)): mask for n, (mask, _why) in
+                 no_gradient_by_design(work.module).items()}
+    still = torch.cat([by_design.get(id(p), torch.zeros(p.shape, dtype=torch.bool)).reshape(-1) for _, p in named])
     gen = torch.Generator().manual_seed(opts.seed + 424243)
-    dirs = probe_directions(base, opts.probes, gen)
-    measured = measure(evaluator, target, dirs, work.dtype)
-    projected = dirs.to(torch.float64) @ analytic
-    comparison = compare(projected, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, work.dtype)
     item = Checked("(all parameters)", "parameter", target, analytic, False)
-    return summarize(item, None, comparison, "probes", "joint probes: random directions over every trainable "
-                     "parameter together, through the whole model", base.numel())
+
+    def run() -> TensorCheck:
+        dirs = probe_directions(base, opts.probes, gen)
+        if bool(still.any()):
+            dirs = dirs.masked_fill(still.to(dirs.device), 0)
+        measured = measure(evaluator, target, dirs, work.dtype)
+        projected = dirs.to(torch.float64).reshape(opts.probes, -1) @ analytic
+        comparison = compare(projected, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, work.dtype)
+        return summarize(item, None, comparison, "probes", "joint probes: random directions over every trainable "
+                         "parameter together, through the whole model", base.numel())
+
+    return with_lazy_noise(evaluator, work.dtype, gen, run)

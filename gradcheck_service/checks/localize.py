@@ -51,6 +51,7 @@ class ModuleCall:
     rng_state: torch.Tensor
     cotangents: dict[int, torch.Tensor] = field(default_factory=dict)  # output leaf position -> dL/d(leaf)
     problem: str | None = None  # why the arguments could not be kept for a replay
+    parent: int | None = None  # index (in the recorded list) of the call this one ran inside
 
     def input_name(self, leaf: int) -> str:
         path = self.paths[leaf]
@@ -120,6 +121,7 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
     calls: list[ModuleCall] = []
     counts: dict[str, int] = {}
     stack: dict[int, list[ModuleCall]] = {}
+    active: list[int] = []  # indices of the calls running now, innermost last
     handles = []
 
     def pre(name: str) -> Callable[..., None]:
@@ -138,13 +140,17 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
                 if isinstance(v, torch.Tensor) and v.is_floating_point() and v.requires_grad
             ]
             rec = ModuleCall(name, m, n, leaves, spec, [keystr(p) for p, _v in flat], differentiable,
-                             torch.get_rng_state(), problem="; ".join(problems) or None)
+                             torch.get_rng_state(), problem="; ".join(problems) or None,
+                             parent=active[-1] if active else None)
             stack.setdefault(id(m), []).append(rec)
+            active.append(len(calls))
             calls.append(rec)
         return hook
 
     def post(m: nn.Module, _args: tuple, _kwargs: dict, out: Any) -> None:
         rec = stack[id(m)].pop()
+        if active:
+            active.pop()
         for pos, leaf in enumerate(float_leaves(out)):
             if leaf.requires_grad:
                 leaf.register_hook(lambda g, pos=pos, rec=rec: rec.cotangents.__setitem__(pos, g.detach().clone()))
@@ -225,39 +231,69 @@ def _f64(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 
 def localize(work: WorkingCopy, loss: LossFn, opts: CheckOptions, analytic: AnalyticPass) -> Localization:
-    """Check every recorded module call on its own; blame the smallest failing ones. Never raises."""
+    """Name the smallest module calls whose own backward is wrong, by bisection of the module tree. Never raises.
+
+    The tree is searched from the top: a call's submodule calls are checked only when the call itself fails (or
+    cannot be re-run alone), so a model of N calls with one faulty module costs about depth x branching checks,
+    not N. A failing call none of whose submodule calls fails is blamed: the bug is in its own forward code.
+    Where the search from the top finds nothing (a fault too small for its parents' tolerances to see), every
+    remaining call is checked on its own.
+    """
     unreplayable: list[str] = []
-    results: list[ModuleCheck] = []
+    checked: dict[int, ModuleCheck | None] = {}
     with torch.random.fork_rng(devices=[]):
         try:
             calls = record_calls(work, loss, opts.seed)
         except Exception as exc:
             return Localization(performed=False, note=f"the forward could not be recorded for localization "
                                 f"({type(exc).__name__}: {_first_line(exc)})")
-        for rec in calls:
+        children: dict[int | None, list[int]] = {}
+        for i, rec in enumerate(calls):
+            children.setdefault(rec.parent, []).append(i)
+
+        def visit(i: int) -> bool:
+            """Check call i; whether its submodule calls need checking (it failed or could not be judged)."""
+            rec = calls[i]
             try:
-                result = check_call(rec, opts, work.dtype)
+                checked[i] = check_call(rec, opts, work.dtype)
             except Exception as exc:
                 why = f"{type(exc).__name__}: {_first_line(exc)}"
                 if rec.problem:
                     why = f"{why}; {rec.problem}"
                 unreplayable.append(f"{rec.name or '(root)'} call {rec.call} ({why})")
-                continue
-            if result is not None:
-                results.append(result)
-    failing = [r for r in results if not r.passed]
+                checked[i] = None
+                return True
+            result = checked[i]
+            return result is not None and not result.passed
+
+        queue = list(children.get(None, []))
+        while queue:
+            i = queue.pop(0)
+            if visit(i):
+                queue.extend(children.get(i, []))
+        searched = len(checked)
+        if not any(r is not None and not r.passed for r in checked.values()):
+            for i in range(len(calls)):
+                if i not in checked:
+                    visit(i)
+    results = [checked[i] for i in sorted(checked) if checked[i] is not None]
+    failing = [r for r in results if r is not None and not r.passed]
     for r in failing:
         prefix = f"{r.module}." if r.module else ""
         r.blamed = not any(o is not r and o.module.startswith(prefix) and o.module != r.module for o in failing)
     faulty = list(dict.fromkeys(r.module for r in failing if r.blamed))
     notes = []
+    if failing and searched < len(calls):
+        notes.append(f"bisection of the module tree: {searched} of {len(calls)} module calls checked (the "
+                     f"submodules of passing calls were not needed)")
     if not failing:
         notes.append("every module's own backward matches its forward at the recorded point; the error arises "
                      "between modules (e.g. tensors modified in place or parameters read outside their module)")
     if unreplayable:
         notes.append(f"{len(unreplayable)} module call(s) could not be re-run on their own and were judged through "
                      f"their submodules: {'; '.join(unreplayable[:5])}{' ...' if len(unreplayable) > 5 else ''}")
-    return Localization(performed=True, faulty_modules=faulty, modules=results, note=" ".join(notes) or None)
+    return Localization(performed=True, faulty_modules=faulty, modules=[r for r in results if r is not None],
+                        calls_recorded=len(calls), calls_checked=len(checked), note=" ".join(notes) or None)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -46,7 +46,8 @@ def check_options(
 @click.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--mode", type=click.Choice(["full", "default", "fast"]), default="default", show_default=True,
-              help="full: every coordinate; default: small tensors fully, large ones sampled + probes; fast: probes.")
+              help="full: every coordinate through the whole model; default: each parameter through its own "
+                   "module's call (tiny tensors fully, others by probes) + joint probes; fast: probes only.")
 @click.option("--order", type=click.Choice(["1", "2"]), default="1", help="2 also checks the gradient of the gradient.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -69,3 +69,67 @@ def test_a_bug_no_submodule_owns_fails_the_joint_probes_and_names_the_parent() -
     assert gc.composition is not None and not gc.composition.passed  # every local check alone would pass
     assert gc.strategy == "global"  # the failure is reported tensor by tensor, as the whole-model check sees it
     assert report.localization.faulty_modules == ["0"]
+    # Named by bisection of the module tree: below the passing call of 0.b nothing was checked.
+    loc = report.localization
+    assert loc.calls_checked < loc.calls_recorded
+    assert "0.b.norm" not in {m.module for m in loc.modules} and {"0", "0.a", "0.b", "1"} <= {
+        m.module for m in loc.modules}
+
+
+def _mlp(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 4))
+
+
+def test_the_passing_check_costs_the_same_evaluations_whatever_the_width() -> None:
+    x = torch.randn(8, 32)
+    narrow, wide = (check(_mlp(w), (x,), **QUICK) for w in (32, 512))
+    assert narrow.verdict == wide.verdict == "passed"
+    assert wide.model.parameters > 15 * narrow.model.parameters
+    # Every tensor is probed where it is used: the count depends on the modules, not on their parameters.
+    assert wide.gradient_check.evaluations == narrow.gradient_check.evaluations <= 200
+    assert all(t.undetected_error is not None and t.scope == "local" for t in wide.gradient_check.parameters)
+
+
+class _CornerOff(torch.autograd.Function):
+    """``x @ w.T`` whose weight gradient is off by 1e-3 at [0, 0] alone."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x @ w.T
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, w = ctx.saved_tensors
+        gw = grad.T @ x
+        gw[0, 0] += 1e-3
+        return grad @ w, gw
+
+
+class CornerOff(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(256, 256) / 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _CornerOff.apply(x, self.weight)
+
+
+def test_a_wrong_coordinate_of_a_large_tensor_is_found_by_in_place_perturbation() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 256), nn.Tanh(), CornerOff(), nn.Tanh(), nn.Linear(256, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = check(model, (torch.randn(4, 16),), **QUICK)
+    by_name = {t.name: t for t in report.gradient_check.parameters}
+    # 65,536 weights: the sampled coordinates (corners included) are perturbed in place, one at a time.
+    assert report.verdict == "failed" and not by_name["2.weight"].passed
+    assert by_name["2.weight"].worst is not None and by_name["2.weight"].worst.index == [0, 0]
+    assert by_name["2.weight"].failed_coordinates == 1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert report.localization.faulty_modules == ["2"]
