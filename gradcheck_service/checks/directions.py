@@ -71,7 +71,7 @@ def _measure_one_at_a_time(
     values = torch.empty((4, directions.shape[0]), dtype=torch.float64)
     for k, d in enumerate(directions):
         for j, multiplier in enumerate(_MULTIPLIERS.tolist()):
-            values[j, k] = evaluator.losses(target, (d * (multiplier * step)).unsqueeze(0))[0]
+            values[j, k] = evaluator.loss_along(target, d, multiplier * step)
     return combine(values[0], values[1], values[2], values[3], evaluator.base_loss, step, evaluator.loss_scale,
                    evaluator.noise(target), dtype)
 
@@ -91,8 +91,16 @@ def probe_directions(base: torch.Tensor, count: int, generator: torch.Generator)
     cannot miss an isolated error above its tolerance; several independent probes make cancellation between
     several wrong coordinates unlikely (probability 2^-probes for a pair of equal errors).
     """
-    dirs = torch.randint(0, 2, (count, base.numel()), generator=generator, dtype=base.dtype)
-    return dirs.mul_(2).sub_(1).mul_(robust_scale(base).to(base.dtype)).reshape((count, *base.shape))
+    dirs = random_signs(count * base.numel(), generator).to(base.dtype).reshape(count, base.numel())
+    return dirs.mul_(robust_scale(base).to(base.dtype)).reshape((count, *base.shape))
+
+
+def random_signs(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` independent +-1 (int8), eight from every random byte: drawing one number per sign costs ~13 ns each,
+    seconds for the joint probes of a 124M-parameter model."""
+    drawn = torch.randint(0, 256, ((n + 7) // 8,), generator=generator, dtype=torch.uint8)
+    bits = drawn.unsqueeze(1).bitwise_right_shift(torch.arange(8, dtype=torch.uint8)).bitwise_and_(1)
+    return bits.reshape(-1)[:n].to(torch.int8).mul_(2).sub_(1)
 
 
 def measure_coordinates(

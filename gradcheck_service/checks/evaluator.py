@@ -235,12 +235,20 @@ class LossEvaluator:
             handle.remove()
             self._output_delta = None
 
-    def _perturbed_loss(self, target: Target, delta: torch.Tensor) -> torch.Tensor:
+    def loss_along(self, target: Target, direction: torch.Tensor, coefficient: float) -> float:
+        """Loss at ``target.base + coefficient * direction``, one evaluation, no delta tensor materialised."""
+        with torch.no_grad(), self._maybe_hook(target):
+            value = self._perturbed_loss(target, direction, coefficient)
+            self._restore_state()
+        self.evaluations += 1
+        return float(value)
+
+    def _perturbed_loss(self, target: Target, delta: torch.Tensor, coefficient: float = 1.0) -> torch.Tensor:
         if target.kind == "parameter":
-            out = self._forward(self.inputs, {target.name: target.base + delta})
+            out = self._forward(self.inputs, {target.name: target.base.add(delta, alpha=coefficient)})
             return self.loss_fn(out, *self.inputs)
         if target.kind == "parameters":
-            moved = target.base + delta
+            moved = target.base.add(delta, alpha=coefficient)
             overrides, start = {}, 0
             for name, shape in zip(target.names, target.shapes, strict=True):
                 n = shape.numel()
@@ -250,11 +258,11 @@ class LossEvaluator:
             return self.loss_fn(out, *self.inputs)
         if target.kind == "input":
             inputs = list(self.inputs)
-            inputs[target.input_index] = target.base + delta
+            inputs[target.input_index] = target.base.add(delta, alpha=coefficient)
             out = self._forward(inputs)
             return self.loss_fn(out, *inputs)
         assert target.module is not None
-        self._output_delta = (target.module, target.call, delta)
+        self._output_delta = (target.module, target.call, delta * coefficient if coefficient != 1.0 else delta)
         out = self._forward(self.inputs)
         return self.loss_fn(out, *self.inputs)
 
