@@ -96,6 +96,15 @@ def boundary_indices(shape: torch.Size, limit: int = 16) -> list[int]:
     return sorted(set(flat))
 
 
+def unravel(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``[m, ndim]`` coordinates of flat indices (torch.unravel_index's first call imports sympy: 0.2 s cold)."""
+    columns = []
+    for n in reversed(shape):
+        columns.append(flat % n)
+        flat = flat // n
+    return torch.stack(columns[::-1], dim=1)
+
+
 def _strides(shape: torch.Size) -> list[int]:
     strides, acc = [], 1
     for n in reversed(shape):
@@ -166,7 +175,7 @@ def _check_tensor(
     parts: list[Comparison] = []
     if flat.numel():
         measured = measure_coordinates(evaluator, item.target, flat, dtype)
-        index = torch.stack(torch.unravel_index(flat, base.shape), dim=1) if base.dim() else flat[:, None] * 0
+        index = unravel(flat, base.shape) if base.dim() else flat[:, None] * 0
         comparison = compare(item.analytic.reshape(-1)[flat], measured, index[:, : base.dim()], options, dtype)
         parts.append(resolve_small_gradients(evaluator, item, flat, comparison, options, dtype))
     # Below float64 a single coordinate's derivative is close to the rounding noise; a dense probe sums the
@@ -361,4 +370,5 @@ def _pull_back(fn: LinearMap, weight: torch.Tensor, bias: torch.Tensor | None, c
         params.append(bias.detach().requires_grad_(True))
     with torch.enable_grad():
         out = fn(params[0], params[1] if bias is not None else None)
-        return [g.detach() for g in torch.autograd.grad(out, params, cotangent)]
+        # A scalar, not grad_outputs=: a tensor there makes autograd import sympy (0.2 s in a fresh process).
+        return [g.detach() for g in torch.autograd.grad((out * cotangent).sum(), params)]

@@ -18,7 +18,7 @@ from .analytic import AnalyticPass, LayerCall
 from .directions import measure, measure_coordinates, probe_directions
 from .evaluator import LossEvaluator, Target
 from .finite_difference import tolerance
-from .gradcheck import Checked, Comparison, compare, parameter_space_from_output, summarize
+from .gradcheck import Checked, Comparison, compare, parameter_space_from_output, summarize, unravel
 from .working_copy import WorkingCopy
 
 KINK_ERROR = 1e300  # error assigned to output entries at a kink: excludes the weights they feed from the verdict
@@ -112,7 +112,7 @@ def _check_layer(
         err_rows = err.to(torch.float64)[rows].reshape(-1)
         kink = err_rows >= KINK_ERROR / 10
         tol = tolerance(a_rows, num_rows, err_rows, opts.safety_factor, dtype)
-        row_index = torch.stack(torch.unravel_index(torch.arange(a_rows.numel()), a[rows].shape), dim=1)
+        row_index = unravel(torch.arange(a_rows.numel()), a[rows].shape)
         row_index[:, 0] = rows[row_index[:, 0]]
         comp = Comparison(row_index, a_rows, num_rows, tol, kink)
         item = Checked(pname, "parameter", Target("parameter", pname, p.detach()), a, grad is None)

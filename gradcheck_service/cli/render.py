@@ -28,8 +28,8 @@ def _order(t: TensorCheck) -> tuple[int, float]:
 def render_gradient_check(report: Report) -> str:
     gc = report.gradient_check
     rows = sorted(gc.parameters + gc.inputs, key=_order)
-    head = (f"{'tensor':<34} {'shape':<14} {'verdict':<7} {'coverage':<8} {'coords':>8} {'probes':>6} "
-            f"{'err/tol':>7} {'max abs err':>11} {'max rel err':>11}  worst (analytic vs numeric)")
+    head = (f"{'tensor':<34} {'shape':<14} {'verdict':<7} {'coverage':<14} {'coords':>8} {'probes':>6} "
+            f"{'err/tol':>7} {'max abs err':>11} {'max rel err':>11} {'undetected':>10}  worst (analytic vs numeric)")
     lines = [head, "-" * len(head)]
     for t in rows:
         worst = ""
@@ -40,9 +40,14 @@ def render_gradient_check(report: Report) -> str:
         flags += f" kinks={t.kinks}" if t.kinks else ""
         lines.append(
             f"{t.name[:34]:<34} {'x'.join(map(str, t.shape)) or 'scalar':<14} {'ok' if t.passed else 'FAIL':<7} "
-            f"{t.coverage:<8} {t.coordinates_checked:>8} {t.probes:>6} {_ratio(t.max_error_ratio):>7} "
-            f"{_fmt(t.max_abs_error):>11} {_fmt(t.max_rel_error):>11}  {worst}{flags}"
+            f"{t.scope + ':' + t.coverage:<14} {t.coordinates_checked:>8} {t.probes:>6} "
+            f"{_ratio(t.max_error_ratio):>7} {_fmt(t.max_abs_error):>11} {_fmt(t.max_rel_error):>11} "
+            f"{_fmt(t.undetected_error) if t.undetected_error is not None else '-':>10}  {worst}{flags}"
         )
+    if gc.composition is not None:
+        c = gc.composition
+        lines.append(f"joint probes over every parameter, through the whole model: {'ok' if c.passed else 'FAIL'} "
+                     f"({c.probes} probes, err/tol {_ratio(c.max_error_ratio)})")
     for t in gc.second_order:
         lines.append(f"second order {t.name}: {'ok' if t.passed else 'FAIL'} (error/tolerance "
                      f"{_ratio(t.max_error_ratio)}, max abs err {_fmt(t.max_abs_error)})")
