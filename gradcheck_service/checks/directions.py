@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from .evaluator import LossEvaluator, Target, robust_scale
-from .finite_difference import REFINE_FACTOR, Differences, base_step, combine
+from .finite_difference import REFINE_FACTOR, Differences, base_step, central, combine
 
 _MULTIPLIERS = torch.tensor([1.0, -1.0, 2.0, -2.0])
+_SCREEN = torch.tensor([1.0, -1.0])
 # Bytes of perturbation tensors materialised at once (4 deltas per direction).
 DELTA_BUDGET_BYTES = 128 * 2**20
 
@@ -40,40 +41,49 @@ def measure(
     return Measured(numeric=diffs.numeric, error=diffs.error, kink=diffs.kink)
 
 
+def _stencil(evaluator: LossEvaluator) -> torch.Tensor:
+    """Step multipliers: +-h and +-2h, or +-h alone in the screening pass (see check_tensor)."""
+    return _SCREEN if evaluator.floor_noise else _MULTIPLIERS
+
+
+def _differences(
+    values: torch.Tensor, evaluator: LossEvaluator, target: Target, step: float, dtype: torch.dtype
+) -> tuple[Differences, torch.Tensor]:
+    """Loss values ``[len(stencil), m]`` to derivative estimates, their errors and suspected kinks."""
+    if values.shape[0] == 2:
+        return central(values[0], values[1], step, evaluator.loss_scale, dtype)
+    return combine(values[0], values[1], values[2], values[3], evaluator.base_loss, step, evaluator.loss_scale,
+                   evaluator.noise(target), dtype)
+
+
 def _measure_at(
     evaluator: LossEvaluator, target: Target, directions: torch.Tensor, step: float, dtype: torch.dtype
 ) -> tuple[Differences, torch.Tensor]:
     m = directions.shape[0]
-    per_direction = max(1, directions[0].numel() * directions.element_size() * 4)
+    stencil = _stencil(evaluator)
+    s = stencil.numel()
+    per_direction = max(1, directions[0].numel() * directions.element_size() * s)
     if per_direction > DELTA_BUDGET_BYTES:
         return _measure_one_at_a_time(evaluator, target, directions, step, dtype)
     group = max(1, DELTA_BUDGET_BYTES // per_direction)
-    plus1, minus1, plus2, minus2 = [], [], [], []
+    parts = []
     for start in range(0, m, group):
         d = directions[start : start + group]
-        deltas = (d.unsqueeze(0) * (_MULTIPLIERS.to(d.dtype) * step).view(4, 1, *([1] * (d.dim() - 1)))).flatten(0, 1)
-        values = evaluator.losses(target, deltas).to(torch.float64)
-        k = d.shape[0]
-        plus1.append(values[:k])
-        minus1.append(values[k : 2 * k])
-        plus2.append(values[2 * k : 3 * k])
-        minus2.append(values[3 * k :])
-    return combine(
-        torch.cat(plus1), torch.cat(minus1), torch.cat(plus2), torch.cat(minus2),
-        evaluator.base_loss, step, evaluator.loss_scale, evaluator.noise(target), dtype,
-    )
+        deltas = (d.unsqueeze(0) * (stencil.to(d.dtype) * step).view(s, 1, *([1] * (d.dim() - 1)))).flatten(0, 1)
+        parts.append(evaluator.losses(target, deltas).to(torch.float64).view(s, d.shape[0]))
+    return _differences(torch.cat(parts, dim=1), evaluator, target, step, dtype)
 
 
 def _measure_one_at_a_time(
     evaluator: LossEvaluator, target: Target, directions: torch.Tensor, step: float, dtype: torch.dtype
 ) -> tuple[Differences, torch.Tensor]:
     """:func:`_measure_at` for a target so large that one delta at a time is what memory allows."""
-    values = torch.empty((4, directions.shape[0]), dtype=torch.float64)
+    stencil = _stencil(evaluator).tolist()
+    values = torch.empty((len(stencil), directions.shape[0]), dtype=torch.float64)
     for k, d in enumerate(directions):
-        for j, multiplier in enumerate(_MULTIPLIERS.tolist()):
+        for j, multiplier in enumerate(stencil):
             values[j, k] = evaluator.loss_along(target, d, multiplier * step)
-    return combine(values[0], values[1], values[2], values[3], evaluator.base_loss, step, evaluator.loss_scale,
-                   evaluator.noise(target), dtype)
+    return _differences(values, evaluator, target, step, dtype)
 
 
 def coordinate_directions(base: torch.Tensor, flat_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,11 +146,10 @@ def _measure_in_place(
     step = base_step(dtype) * step_factor
 
     def at(idx: torch.Tensor, h: float) -> tuple[Differences, torch.Tensor]:
-        offsets = (scale[idx].unsqueeze(0) * (_MULTIPLIERS.to(torch.float64) * h).unsqueeze(1)).reshape(-1)
-        values = evaluator.coordinate_losses(target, flat_indices[idx].repeat(4), offsets)
-        k = idx.numel()
-        return combine(values[:k], values[k : 2 * k], values[2 * k : 3 * k], values[3 * k :], evaluator.base_loss,
-                       h, evaluator.loss_scale, evaluator.noise(target), dtype)
+        stencil = _stencil(evaluator).to(torch.float64)
+        offsets = (scale[idx].unsqueeze(0) * (stencil * h).unsqueeze(1)).reshape(-1)
+        values = evaluator.coordinate_losses(target, flat_indices[idx].repeat(stencil.numel()), offsets)
+        return _differences(values.view(stencil.numel(), idx.numel()), evaluator, target, h, dtype)
 
     everything = torch.arange(flat_indices.numel())
     diffs, suspicious = at(everything, step)

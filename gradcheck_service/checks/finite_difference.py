@@ -96,6 +96,20 @@ def combine(
     return Differences(numeric=numeric, error=error, kink=torch.zeros_like(suspicious)), suspicious
 
 
+def central(
+    f_plus: torch.Tensor, f_minus: torch.Tensor, step: float, loss_scale: float, dtype: torch.dtype
+) -> tuple[Differences, torch.Tensor]:
+    """The screening estimate: one central difference, its error the roundoff floor alone.
+
+    Nothing is called a kink here: the screening pass (check_tensor) only ever accepts a clean pass, and a
+    difference that crossed a kink, or a truncation error above the floor, fails it and is measured in full.
+    """
+    numeric = (f_plus - f_minus) / (2 * step)
+    error = torch.full_like(numeric, ROUNDOFF_FLOOR_ULPS * machine_eps(dtype) * loss_scale / step)
+    none = torch.zeros(numeric.shape, dtype=torch.bool)
+    return Differences(numeric=numeric, error=error, kink=none), none.clone()
+
+
 def tolerance(
     analytic: torch.Tensor, numeric: torch.Tensor, error: torch.Tensor, safety_factor: float, dtype: torch.dtype
 ) -> torch.Tensor:

@@ -135,10 +135,11 @@ def check_tensor(
 
     ``plan`` overrides which coordinates are compared (flat indices and the coverage they give).
 
-    In float64 the loss's rounding noise is measured only when it matters: the tensor is first compared with
-    the roundoff floor alone (the smallest tolerance the noise could give). A clean pass there is a pass under
-    any measured noise; anything else (a failure, a suspected kink, a tensor not resolved) is measured again
-    with the noise measured, so every verdict but the clean pass is exactly what the eager measurement gives.
+    In float64 a screening pass comes first: one central difference per direction (+-h, not +-h and +-2h), its
+    tolerance the roundoff floor alone (the smallest any measured noise could give). A clean pass there is a pass
+    under any measured noise and truncation estimate; anything else (a failure, a tensor not resolved) is
+    measured again in full, with the same random draws, the noise measured and kinks refined, so every verdict
+    but the clean pass is exactly what the full measurement gives.
     """
     return with_lazy_noise(evaluator, dtype, gen, lambda: _check_tensor(evaluator, item, options, dtype, gen, plan))
 

@@ -28,6 +28,7 @@ class GradientDotEvaluator:
         gen = torch.Generator().manual_seed(seed + 31337)
         self.w = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in self.params.items()}
         self.evaluations = 0
+        self.floor_noise = False  # measured in full: no screening pass here
         value, grads = self._s({}, create_graph=False)
         self.base_loss = float(value)
         self.loss_scale = float(sum((g.abs() * self.w[n].abs()).sum() for n, g in grads.items())) + abs(float(value))
