@@ -119,7 +119,8 @@ def run_gradient_check(
     reproducible = is_reproducible(evaluator, work.dtype)
     composition = None
     if reproducible and opts.strategy == "local" and opts.mode != "full" and work.trainable_parameters():
-        passed, composition = _local_strategy(work, loss, opts, analytic, evaluator, gen)
+        too_costly = global_cost_estimate(work, opts) > GLOBAL_FALLBACK_BUDGET
+        passed, composition = _local_strategy(work, loss, opts, analytic, evaluator, gen, keep_local=too_costly)
         if passed is not None:
             return passed, analytic, evaluator
     by_output, notes = check_linear_layers(work, analytic, evaluator, opts, gen)
@@ -161,18 +162,39 @@ def run_gradient_check(
     )
 
 
+# Where something fails, the whole-model check re-measures every tensor for the report when its cost, counted in
+# evaluations x parameters (a forward's cost grows with the parameters), stays under this; beyond it the failing
+# report is built from the local checks (see _local_strategy). A count, not a timing, so the same model always
+# gets the same report: a 1M-parameter MLP (~1e10, seconds) re-runs, a 124M-parameter LM (~2e13, hours) does not.
+GLOBAL_FALLBACK_BUDGET = 2e10
+
+
+def global_cost_estimate(work: WorkingCopy, opts: CheckOptions) -> float:
+    """Evaluations x parameters the whole-model check would spend: 4 evaluations per compared direction."""
+    named = work.trainable_parameters()
+    directions = sum(p.numel() if p.numel() <= opts.max_coordinates else opts.sample_coordinates + 16 + opts.probes
+                     for _name, p in named)
+    return 4.0 * directions * sum(p.numel() for _name, p in named)
+
+
 def _local_strategy(
     work: WorkingCopy, loss: LossFn, opts: CheckOptions, analytic: AnalyticPass, evaluator: LossEvaluator,
-    gen: torch.Generator,
+    gen: torch.Generator, keep_local: bool = False,
 ) -> tuple[GradientCheck | None, TensorCheck | None]:
-    """Local checks per owning module + joint probes; None when anything fails (the global path then runs)."""
+    """Local checks per owning module + joint probes.
+
+    None when anything fails and the whole-model check is affordable (it then runs for the report). With
+    ``keep_local`` (a model where it would take too long: a 124M-parameter LM would need hours) the failing
+    report is this one: failing tensors re-checked coordinate by coordinate through their own module, every
+    other tensor's local verdict, the joint probes' verdict, and localization to name the module.
+    """
     from .local import check_locally, joint_probes, local_plan
 
     composition = joint_probes(work, evaluator, analytic.parameter_grads, opts)
-    if composition is None or not composition.passed:
+    if composition is None or (not composition.passed and not keep_local):
         return None, composition
     local = check_locally(work, loss, opts)
-    if not all(t.passed for t in local.checks.values()):
+    if not all(t.passed for t in local.checks.values()) and not keep_local:
         return None, composition
     items = {item.name: item for item in checked_tensors(work, analytic)}
     for name in [*local.unchecked, *(f"input[{i}]" for i in work.float_input_indices)]:
@@ -181,17 +203,22 @@ def _local_strategy(
                                           plan=local_plan(item.target.base.shape, opts))
     inputs = [local.checks[f"input[{i}]"] for i in work.float_input_indices]
     params = [local.checks[n] for n, _ in work.trainable_parameters()]
-    if not all(t.passed for t in params + inputs):
+    passed = composition.passed and all(t.passed for t in params + inputs)
+    if not passed and not keep_local:
         return None, composition
+    notes = [f"{len(local.unchecked)} parameter(s) had no call that could be re-run alone and were checked through "
+             f"the whole model: {', '.join(local.unchecked[:5])}"] if local.unchecked else []
+    if not passed:
+        notes.append("the whole-model check was not re-run for this report (too costly at this size): each "
+                     "parameter's verdict is its own module's backward at its recorded call; the joint probes judge "
+                     "the gradients as training sees them")
     return GradientCheck(
-        passed=True, reproducible=True, mode=opts.mode, order=opts.order,
+        passed=passed, reproducible=True, mode=opts.mode, order=opts.order,
         dtype=str(work.dtype).replace("torch.", ""), promoted=work.promoted, device=opts.device,
         evaluator="sequential" if evaluator.any_fallback else "batched",
         evaluations=evaluator.evaluations + local.evaluations, parameters=params, inputs=inputs,
         frozen_parameters=[n for n, p in work.module.named_parameters() if not p.requires_grad],
-        notes=[f"{len(local.unchecked)} parameter(s) had no call that could be re-run alone and were checked "
-               f"through the whole model: {', '.join(local.unchecked[:5])}"] if local.unchecked else [],
-        strategy="local", composition=composition,
+        notes=notes, strategy="local", composition=composition,
     ), composition
 
 
@@ -274,6 +301,10 @@ def verdict_reasons(report: Report, opts: CheckOptions) -> list[str]:
         faulty = [name or "<root>" for name in report.localization.faulty_modules]  # '' is the root (a function)
         where = f" in {', '.join(faulty)}" if faulty else ""
         reasons.append(f"gradient check failed for {', '.join(failing[:8])}{'...' if len(failing) > 8 else ''}{where}")
+    if gc.composition is not None and not gc.composition.passed and not failing:
+        faulty = [name or "<root>" for name in report.localization.faulty_modules]
+        where = f" in {', '.join(faulty)}" if faulty else ""
+        reasons.append(f"joint probes through the whole model failed: a wrong gradient arises between modules{where}")
     failing2 = [t.name for t in gc.second_order if not t.passed]
     if failing2:
         reasons.append(f"second-order check failed for {', '.join(failing2[:8])}")

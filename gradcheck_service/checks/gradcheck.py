@@ -215,6 +215,53 @@ def undetected_error(base: torch.Tensor, coords: Comparison | None, probes: Comp
     return float(slack / robust_scale(base).min())
 
 
+def probe_together(
+    evaluator: LossEvaluator, items: list[Checked], opts: CheckOptions, dtype: torch.dtype, gen: torch.Generator
+) -> dict[str, TensorCheck]:
+    """Dense probes over several parameter tensors of one module at once; each tensor gets the shared verdict.
+
+    ``items`` are parameters of the evaluator's model, or a single tensor of any kind.
+
+    One module's forward costs the same whichever of its tensors moves, so probing them together costs what
+    probing one does. A wrong gradient in any of them moves every probe by its error (the bound each tensor
+    reports uses its own scale); which one is wrong is the whole-model check's job when anything fails.
+    """
+    base = torch.cat([item.target.base.reshape(-1) for item in items])
+    analytic = torch.cat([item.analytic.reshape(-1) for item in items])
+    still = torch.cat([(item.by_design if item.by_design is not None else
+                        torch.zeros(item.target.base.shape, dtype=torch.bool)).reshape(-1) for item in items])
+    target = items[0].target if len(items) == 1 else Target(
+        "parameters", "(own parameters)", base, names=tuple(item.target.name for item in items),
+        shapes=tuple(item.target.base.shape for item in items))
+    joint = Checked("(own parameters)", "parameter", target, analytic, False)
+    others = f"probed together with {len(items) - 1} other tensor(s) of the module" if len(items) > 1 else ""
+    comparisons: list[Comparison] = []
+
+    def run() -> TensorCheck:
+        dirs = probe_directions(base, opts.probes, gen)
+        if bool(still.any()):
+            dirs = dirs.masked_fill(still, 0)
+        dirs = dirs.reshape(opts.probes, *target.base.shape)  # a single tensor keeps its own shape
+        measured = measure(evaluator, target, dirs, dtype)
+        projected = dirs.to(torch.float64).reshape(opts.probes, -1) @ analytic
+        comparisons[:] = [compare(projected, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)]
+        return summarize(joint, None, comparisons[0], "probes", others, base.numel())
+
+    with_lazy_noise(evaluator, dtype, gen, run)
+    probes = comparisons[0]
+    valid = ~probes.kink
+    slack = float((probes.tolerance + probes.abs_error)[valid].min()) if bool(valid.any()) else None
+    scale = robust_scale(base)  # the probes' per-coordinate scale, floored over the whole module
+    results, start = {}, 0
+    for item in items:
+        n = item.target.base.numel()
+        result = summarize(item, None, probes, "probes", others or "probes", n)
+        result.undetected_error = None if slack is None else slack / float(scale[start : start + n].min())
+        results[item.name] = result
+        start += n
+    return results
+
+
 # Larger steps for coordinates whose gradient is below their tolerance: roundoff error falls as 1/h while the
 # Richardson truncation error, O(h^4), stays far below it and is measured by |D(h) - D(2h)| anyway.
 LARGER_STEPS = (64.0, 1024.0)

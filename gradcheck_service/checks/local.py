@@ -27,13 +27,13 @@ from torch import nn
 from ..options import CheckOptions
 from ..report import TensorCheck
 from .directions import measure, probe_directions
-from .evaluator import LossEvaluator, Target, robust_scale
+from .evaluator import LossEvaluator, Target
 from .gradcheck import (
     Checked,
-    Comparison,
     check_tensor,
     compare,
     no_gradient_by_design,
+    probe_together,
     summarize,
     with_lazy_noise,
 )
@@ -111,54 +111,17 @@ def _check_own_parameters(
             continue
         results[item.name] = check_tensor(evaluator, item, opts, dtype, gen, plan=(flat, coverage))
     if probed:
-        results.update(_probe_together(evaluator, probed, opts, dtype, gen))
+        together = probe_together(evaluator, probed, opts, dtype, gen)
+        if not all(t.passed for t in together.values()):
+            # Which tensor, which coordinates: each one on its own, as the global check would (at a module's
+            # cost, not the model's).
+            detail = opts.model_copy(update={"mode": "default"})
+            together = {item.name: check_tensor(evaluator, item, detail, dtype, gen) for item in probed}
+        results.update(together)
     for result in results.values():
         result.method = method + (f"; {result.method}" if result.method.startswith("probed together") else "")
         result.scope = "local"
     return results, evaluator.evaluations
-
-
-def _probe_together(
-    evaluator: LossEvaluator, items: list[Checked], opts: CheckOptions, dtype: torch.dtype, gen: torch.Generator
-) -> dict[str, TensorCheck]:
-    """Dense probes over several parameter tensors of one module at once; each tensor gets the shared verdict.
-
-    One module's forward costs the same whichever of its tensors moves, so probing them together costs what
-    probing one does. A wrong gradient in any of them moves every probe by its error (the bound each tensor
-    reports uses its own scale); which one is wrong is the whole-model check's job when anything fails.
-    """
-    base = torch.cat([item.target.base.reshape(-1) for item in items])
-    analytic = torch.cat([item.analytic.reshape(-1) for item in items])
-    still = torch.cat([(item.by_design if item.by_design is not None else
-                        torch.zeros(item.target.base.shape, dtype=torch.bool)).reshape(-1) for item in items])
-    target = Target("parameters", "(own parameters)", base, names=tuple(item.target.name for item in items),
-                    shapes=tuple(item.target.base.shape for item in items))
-    joint = Checked("(own parameters)", "parameter", target, analytic, False)
-    others = f"probed together with {len(items) - 1} other tensor(s) of the module" if len(items) > 1 else ""
-    comparisons: list[Comparison] = []
-
-    def run() -> TensorCheck:
-        dirs = probe_directions(base, opts.probes, gen)
-        if bool(still.any()):
-            dirs = dirs.masked_fill(still, 0)
-        measured = measure(evaluator, target, dirs, dtype)
-        projected = dirs.to(torch.float64).reshape(opts.probes, -1) @ analytic
-        comparisons[:] = [compare(projected, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)]
-        return summarize(joint, None, comparisons[0], "probes", others, base.numel())
-
-    with_lazy_noise(evaluator, dtype, gen, run)
-    probes = comparisons[0]
-    valid = ~probes.kink
-    slack = float((probes.tolerance + probes.abs_error)[valid].min()) if bool(valid.any()) else None
-    scale = robust_scale(base)  # the probes' per-coordinate scale, floored over the whole module
-    results, start = {}, 0
-    for item in items:
-        n = item.target.base.numel()
-        result = summarize(item, None, probes, "probes", others or "probes", n)
-        result.undetected_error = None if slack is None else slack / float(scale[start : start + n].min())
-        results[item.name] = result
-        start += n
-    return results
 
 
 # Default mode compares tensors this small coordinate by coordinate: no more evaluations than the probes.

@@ -26,7 +26,7 @@ from ..options import CheckOptions
 from ..report import Localization, ModuleCheck
 from .analytic import AnalyticPass
 from .evaluator import LossEvaluator, Target
-from .gradcheck import Checked, check_tensor, no_gradient_by_design
+from .gradcheck import Checked, no_gradient_by_design, probe_together
 from .loss import LossFn, float_leaves
 from .working_copy import WorkingCopy
 
@@ -194,21 +194,27 @@ def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> Modul
     gen = torch.Generator().manual_seed(opts.seed + 104729 + rec.call)
     failures, worst_abs, worst_rel, probes = [], 0.0, 0.0, 0
     by_design = no_gradient_by_design(wrapper)
-    items = [
+    evaluator.share_noise = True
+    params_items = [
         Checked(n.removeprefix("inner."), "parameter", Target("parameter", n, p.detach()), _f64(g, p), g is None,
                 *by_design.get(n, (None, None)))
         for (n, p), g in zip(params, grads[: len(params)], strict=True)
-    ] + [
+    ]
+    input_items = [
         Checked(rec.input_name(leaf), "input", Target("input", f"input[{i}]", a, input_index=i), _f64(g, a),
                 g is None)
         for i, (leaf, a, g) in enumerate(zip(rec.differentiable, float_args, grads[len(params):], strict=True))
     ]
-    for item in items:
-        result = check_tensor(evaluator, item, probe_opts, dtype, gen)
+    # Every parameter of the call's subtree probed together (a module's forward costs the same whichever moves),
+    # each float input on its own: a failure says whether the parameters or which input.
+    groups: list[tuple[str, list[Checked]]] = [("its parameters", params_items)] if params_items else []
+    groups += [(item.name, [item]) for item in input_items]
+    for label, items in groups:
+        result = next(iter(probe_together(evaluator, items, probe_opts, dtype, gen).values()))
         probes += result.probes
         worst_abs, worst_rel = max(worst_abs, result.max_abs_error), max(worst_rel, result.max_rel_error)
         if not result.passed:
-            failures.append(f"gradient w.r.t. {item.name} (rel err {result.max_rel_error:.2e})")
+            failures.append(f"gradient w.r.t. {label} (rel err {result.max_rel_error:.2e})")
     return ModuleCheck(
         module=rec.name, type=type(rec.module).__name__, call=rec.call, passed=not failures,
         max_abs_error=worst_abs, max_rel_error=worst_rel, probes=probes, blamed=False,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
 from gradcheck_service import check
+from gradcheck_service.checks import engine
 from tests.fixtures.seeded_functions import WrongGrad
 
 QUICK: dict[str, Any] = {"health": False, "memory": False}
@@ -133,3 +135,35 @@ def test_a_wrong_coordinate_of_a_large_tensor_is_found_by_in_place_perturbation(
     assert by_name["2.weight"].failed_coordinates == 1
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert report.localization.faulty_modules == ["2"]
+
+
+def test_where_the_whole_model_check_is_too_costly_a_failing_report_comes_from_the_local_checks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "GLOBAL_FALLBACK_BUDGET", 0.0)  # as for a 124M-parameter model
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 256), nn.Tanh(), CornerOff(), nn.Tanh(), nn.Linear(256, 2))
+    report = check(model, (torch.randn(4, 16),), **QUICK)
+    gc = report.gradient_check
+    by_name = {t.name: t for t in gc.parameters}
+    assert report.verdict == "failed" and gc.strategy == "local"
+    assert not by_name["2.weight"].passed and by_name["2.weight"].scope == "local"
+    assert by_name["2.weight"].worst is not None and by_name["2.weight"].worst.index == [0, 0]
+    assert by_name["2.weight"].failed_coordinates == 1  # re-checked coordinate by coordinate, through module 2
+    assert all(by_name[n].passed for n in by_name if n != "2.weight")
+    assert report.localization.faulty_modules == ["2"]
+    assert any("not re-run" in note for note in gc.notes)
+
+
+def test_a_bug_no_module_owns_fails_the_verdict_without_the_whole_model_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "GLOBAL_FALLBACK_BUDGET", 0.0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 6), Block(), nn.Linear(8, 3))  # token ids: no float input to blame
+    report = check(model, (torch.randint(0, 10, (5,)),), **QUICK)
+    gc = report.gradient_check
+    assert report.verdict == "failed" and gc.strategy == "local"
+    assert gc.composition is not None and not gc.composition.passed
+    assert all(t.passed for t in gc.parameters)  # every module's own backward is right
+    assert report.localization.faulty_modules == ["1"]
+    assert report.failed_because == ["joint probes through the whole model failed: a wrong gradient arises between "
+                                     "modules in 1"]
