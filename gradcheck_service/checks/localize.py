@@ -70,9 +70,39 @@ def _freeze(value: Any) -> tuple[Any, str | None]:
     if isinstance(value, _IMMUTABLE):
         return value, None
     try:
-        return copy.deepcopy(value), None
+        return _detached_copy(value), None
     except Exception as exc:  # an object that refuses copying: replays share it
         return value, f"{type(value).__name__} argument cannot be copied ({type(exc).__name__})"
+
+
+def _detached_copy(value: Any) -> Any:
+    """A deep copy in which every tensor is a detached clone.
+
+    A key/value cache filled during the forward holds tensors inside the autograd graph, which refuse
+    ``copy.deepcopy``; the tensors reachable through containers and attributes are cloned detached first and
+    handed to deepcopy in its memo, so the object itself is copied as usual around them.
+    """
+    memo: dict[int, Any] = {}
+    seen: set[int] = set()
+
+    def collect(obj: Any, depth: int) -> None:
+        if depth > 8 or id(obj) in seen or isinstance(obj, _IMMUTABLE):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            memo[id(obj)] = obj.detach().clone()
+            return
+        if isinstance(obj, dict):
+            children: Any = obj.values()
+        elif isinstance(obj, list | tuple | set):
+            children = obj
+        else:
+            children = getattr(obj, "__dict__", {}).values()
+        for child in children:
+            collect(child, depth + 1)
+
+    collect(value, 0)
+    return copy.deepcopy(value, memo)
 
 
 class _CallAt(nn.Module):
@@ -94,7 +124,7 @@ class _CallAt(nn.Module):
 
 def _fresh(value: Any) -> Any:
     try:
-        return copy.deepcopy(value)
+        return _detached_copy(value)
     except Exception:
         return value
 
