@@ -66,11 +66,9 @@ def _measure_at(
     if per_direction > DELTA_BUDGET_BYTES:
         return _measure_one_at_a_time(evaluator, target, directions, step, dtype)
     group = max(1, DELTA_BUDGET_BYTES // per_direction)
-    parts = []
-    for start in range(0, m, group):
-        d = directions[start : start + group]
-        deltas = (d.unsqueeze(0) * (stencil.to(d.dtype) * step).view(s, 1, *([1] * (d.dim() - 1)))).flatten(0, 1)
-        parts.append(evaluator.losses(target, deltas).to(torch.float64).view(s, d.shape[0]))
+    coefficients = (stencil * step).tolist()
+    parts = [evaluator.losses_along(target, directions[start : start + group], coefficients).to(torch.float64)
+             for start in range(0, m, group)]
     return _differences(torch.cat(parts, dim=1), evaluator, target, step, dtype)
 
 

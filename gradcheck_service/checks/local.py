@@ -20,18 +20,22 @@ local strategy makes the passing case, the common one in CI, cheap.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_unflatten
 
 from ..options import CheckOptions
 from ..report import TensorCheck
-from .directions import measure, probe_directions
-from .evaluator import LossEvaluator, Target
+from .directions import Measured, measure, probe_directions
+from .evaluator import LossEvaluator, Target, robust_scale
 from .gradcheck import (
     Checked,
     check_tensor,
     compare,
+    is_linear_in_parameters,
+    linear_map,
     no_gradient_by_design,
     probe_together,
     summarize,
@@ -87,6 +91,9 @@ def _check_own_parameters(
         leaves = tuple(a.detach().requires_grad_(True) for a in float_args)
         value = projection(wrapper(*leaves))
         grads = torch.autograd.grad(value, params, allow_unused=True)
+    exact = _stock_linear_probes(rec, own, grads, names, opts, dtype)
+    if exact is not None and all(t.passed for t in exact.values()):
+        return exact, 0
     evaluator = LossEvaluator(wrapper, float_args, projection, opts.seed, chunk_size=opts.chunk_size,
                               rng_state=rec.rng_state)
     if abs(float(value.detach()) - evaluator.base_loss) > 1e-6 * max(evaluator.loss_scale, 1e-30):
@@ -122,6 +129,70 @@ def _check_own_parameters(
         result.method = method + (f"; {result.method}" if result.method.startswith("probed together") else "")
         result.scope = "local"
     return results, evaluator.evaluations
+
+
+def _stock_linear_probes(
+    rec: ModuleCall, own: list[tuple[str, nn.Parameter]], grads: tuple[torch.Tensor | None, ...],
+    names: dict[int, str], opts: CheckOptions, dtype: torch.dtype,
+) -> dict[str, TensorCheck] | None:
+    """Probes of a stock Linear/Conv's own parameters through its exact linear map; None where that does not apply.
+
+    ``z = f(x; W, b)`` is affine in ``(W, b)``, so the central difference along a direction ``V`` is
+    ``f(x; V_W, V_b) - f(x; 0, 0)`` exactly, with no truncation error: evaluating the layer's own map on the
+    direction is the finite difference at any step, computed without perturbing the weights (one matmul per
+    probe, no copy of the weight). Its rounding is bounded by the length of the sums times the sum of the
+    absolute terms. A failure is measured again by perturbation, as any other module's, for the report.
+    """
+    module = rec.module
+    if not is_linear_in_parameters(module) or opts.mode == "full" or list(rec.cotangents) != [0]:
+        return None
+    args, _kwargs = tree_unflatten(rec.leaves, rec.spec)
+    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+        return None
+    x, cot = args[0], rec.cotangents[0]
+    local = dict(own)
+    weight, bias = local.get("weight"), local.get("bias")
+    if weight is None or set(local) - {"weight", "bias"}:
+        return None
+    layer: Any = module
+    linear_map_x, linear_map_abs = linear_map(module, x), linear_map(module, x.abs())
+    named_grads = dict(zip((n for n, _ in own), grads, strict=True))
+    items = [Checked(names[id(p)], "parameter", Target("parameter", f"inner.{n}", p.detach()),
+                     torch.zeros(p.shape, dtype=torch.float64) if named_grads[n] is None
+                     else named_grads[n].detach().to(torch.float64),  # type: ignore[union-attr]
+                     named_grads[n] is None) for n, p in own]
+    base = torch.cat([item.target.base.reshape(-1) for item in items])
+    analytic = torch.cat([item.analytic.reshape(-1) for item in items])
+    gen = torch.Generator().manual_seed(opts.seed + 7919 + rec.call)
+    dirs = probe_directions(base, opts.probes, gen)
+    n_w = weight.numel()
+    numeric, error = [], []
+    terms = weight[0].numel() + 1 + cot.numel()  # the longest sums: one output entry, then the projection
+    eps = float(torch.finfo(cot.dtype).eps)
+    with torch.no_grad():
+        for d in dirs:
+            v_w = d[:n_w].view_as(weight)
+            v_b = d[n_w:].view_as(bias) if bias is not None else None
+            numeric.append(float((cot * linear_map_x(v_w, v_b)).sum()))
+            magnitude = (cot.abs() * linear_map_abs(v_w.abs(), v_b.abs() if v_b is not None else None)).sum()
+            error.append(terms * eps * float(magnitude))
+    measured = Measured(torch.tensor(numeric, dtype=torch.float64), torch.tensor(error, dtype=torch.float64),
+                        torch.zeros(opts.probes, dtype=torch.bool))
+    comparison = compare(dirs.to(torch.float64) @ analytic, measured, torch.empty((opts.probes, 0), dtype=torch.long),
+                         opts, dtype)
+    where = f"{rec.name or '<root>'}" + (f" call {rec.call}" if rec.call else "")
+    method = (f"local: {type(layer).__name__} {where}'s exact linear map at its recorded input (a difference "
+              f"quotient of an affine map is exact)")
+    results, start = {}, 0
+    scale = robust_scale(base)
+    slack = float((comparison.tolerance + comparison.abs_error).min())
+    for item in items:
+        n = item.target.base.numel()
+        result = summarize(item, None, comparison, "probes", method, n)
+        result.scope, result.undetected_error = "local", slack / float(scale[start : start + n].min())
+        results[item.name] = result
+        start += n
+    return results
 
 
 # Default mode compares tensors this small coordinate by coordinate: no more evaluations than the probes.

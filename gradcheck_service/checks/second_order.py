@@ -62,6 +62,11 @@ class GradientDotEvaluator:
         self.evaluations += deltas.shape[0]
         return values
 
+    def losses_along(self, target: Target, directions: torch.Tensor, coefficients: list[float]) -> torch.Tensor:
+        """``<w, grad L>`` at ``target.base + c * d``: shape [len(coefficients), len(directions)]."""
+        deltas = torch.stack([c * d for c in coefficients for d in directions])
+        return self.losses(target, deltas).view(len(coefficients), directions.shape[0])
+
 
 def check_second_order(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> list[TensorCheck]:
     evaluator = GradientDotEvaluator(work, loss, opts.seed)

@@ -91,6 +91,8 @@ def test_the_passing_check_costs_the_same_evaluations_whatever_the_width() -> No
     # Every tensor is probed where it is used: the count depends on the modules, not on their parameters.
     assert wide.gradient_check.evaluations == narrow.gradient_check.evaluations <= 200
     assert all(t.undetected_error is not None and t.scope == "local" for t in wide.gradient_check.parameters)
+    # Stock Linear layers are probed through their exact linear map: no weight copy, no truncation error.
+    assert all("exact linear map" in t.method for t in wide.gradient_check.parameters)
 
 
 class _CornerOff(torch.autograd.Function):
