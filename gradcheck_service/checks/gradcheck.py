@@ -147,17 +147,24 @@ def check_tensor(
 def with_lazy_noise(
     evaluator: LossEvaluator, dtype: torch.dtype, gen: torch.Generator, run: Callable[[], TensorCheck]
 ) -> TensorCheck:
-    """``run()`` with the noise taken as zero; again with it measured (same random draws) unless a clean pass."""
+    """``run()`` as a screening pass; again in full (same random draws) unless a clean pass."""
+    return screened(evaluator, dtype, gen, lambda: [run()])[0]
+
+
+def screened(
+    evaluator: LossEvaluator, dtype: torch.dtype, gen: torch.Generator, run: Callable[[], list[TensorCheck]]
+) -> list[TensorCheck]:
+    """``run()`` as a screening pass (see :func:`check_tensor`); in full unless every result is a clean pass."""
     if dtype != torch.float64 or evaluator.floor_noise:
         return run()
     draws = gen.get_state()
     evaluator.floor_noise = True
     try:
-        result = run()
+        results = run()
     finally:
         evaluator.floor_noise = False
-    if result.passed and result.kinks == 0 and result.resolved:
-        return result
+    if all(t.passed and t.kinks == 0 and t.resolved for t in results):
+        return results
     gen.set_state(draws)
     return run()
 

@@ -9,6 +9,8 @@ coordinate still gets its own numeric value and its own error bound.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -18,7 +20,7 @@ from .analytic import AnalyticPass, LayerCall
 from .directions import measure, measure_coordinates, probe_directions
 from .evaluator import LossEvaluator, Target
 from .finite_difference import tolerance
-from .gradcheck import Checked, Comparison, compare, parameter_space_from_output, summarize, unravel
+from .gradcheck import Checked, Comparison, compare, parameter_space_from_output, screened, summarize, unravel
 from .working_copy import WorkingCopy
 
 KINK_ERROR = 1e300  # error assigned to output entries at a kink: excludes the weights they feed from the verdict
@@ -48,7 +50,9 @@ def check_linear_layers(
         if not _gradients_flow_only_through_layer(module, call, own, analytic):
             notes.append(f"{name}: its parameters are also used outside the layer; checked by direct perturbation")
             continue
-        results.update(_check_layer(name, module, call, own, analytic, evaluator, opts, work.dtype, channels, gen))
+        layer = functools.partial(_check_layer, name, module, call, own, analytic, evaluator, opts, work.dtype,
+                                  channels, gen)
+        results.update({t.name: t for t in screened(evaluator, work.dtype, gen, layer)})
     return results, notes
 
 
@@ -80,7 +84,7 @@ def _plan_channels(
 def _check_layer(
     name: str, module: nn.Module, call: LayerCall, own: list[tuple[str, nn.Parameter]], analytic: AnalyticPass,
     evaluator: LossEvaluator, opts: CheckOptions, dtype: torch.dtype, channels: torch.Tensor, gen: torch.Generator,
-) -> dict[str, TensorCheck]:
+) -> list[TensorCheck]:
     target = Target("output", name, call.z, module=module)
     dim = _channel_dim(module, call.z)
     n_channels = call.z.shape[dim]
@@ -100,7 +104,7 @@ def _check_layer(
     has_bias = len(own) == 2
     numeric, bound = parameter_space_from_output(module, call.x, numeric_z, error_z, has_bias)
     complete = bool(selected.all())
-    out: dict[str, TensorCheck] = {}
+    out: list[TensorCheck] = []
     method = (f"output-space central differences ({flat.numel()} entries of {name or 'the root'}'s output"
               f"{'' if complete else f', {int(selected.sum())} of {n_channels} channels'}) through the exact "
               f"linear map of {type(module).__name__}")
@@ -119,7 +123,7 @@ def _check_layer(
         probes = None
         if not complete:
             probes = _probes(evaluator, item, opts, dtype, gen)
-        out[pname] = summarize(item, comp, probes, "full" if complete else "sampled", method, p.numel())
+        out.append(summarize(item, comp, probes, "full" if complete else "sampled", method, p.numel()))
     return out
 
 

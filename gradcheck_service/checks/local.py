@@ -166,7 +166,7 @@ def _stock_linear_probes(
     gen = torch.Generator().manual_seed(opts.seed + 7919 + rec.call)
     dirs = probe_directions(base, opts.probes, gen)
     n_w = weight.numel()
-    numeric, error = [], []
+    numeric = []
     terms = weight[0].numel() + 1 + cot.numel()  # the longest sums: one output entry, then the projection
     eps = float(torch.finfo(cot.dtype).eps)
     with torch.no_grad():
@@ -174,9 +174,11 @@ def _stock_linear_probes(
             v_w = d[:n_w].view_as(weight)
             v_b = d[n_w:].view_as(bias) if bias is not None else None
             numeric.append(float((cot * linear_map_x(v_w, v_b)).sum()))
-            magnitude = (cot.abs() * linear_map_abs(v_w.abs(), v_b.abs() if v_b is not None else None)).sum()
-            error.append(terms * eps * float(magnitude))
-    measured = Measured(torch.tensor(numeric, dtype=torch.float64), torch.tensor(error, dtype=torch.float64),
+        # Every probe has the same magnitudes (+-1 times the scale), so one rounding bound serves them all.
+        a_w = dirs[0, :n_w].abs().view_as(weight)
+        a_b = dirs[0, n_w:].abs().view_as(bias) if bias is not None else None
+        bound = terms * eps * float((cot.abs() * linear_map_abs(a_w, a_b)).sum())
+    measured = Measured(torch.tensor(numeric, dtype=torch.float64), torch.full((opts.probes,), bound, dtype=torch.float64),
                         torch.zeros(opts.probes, dtype=torch.bool))
     comparison = compare(dirs.to(torch.float64) @ analytic, measured, torch.empty((opts.probes, 0), dtype=torch.long),
                          opts, dtype)
