@@ -119,8 +119,7 @@ def run_gradient_check(
     reproducible = is_reproducible(evaluator, work.dtype)
     composition = None
     if reproducible and opts.strategy == "local" and opts.mode != "full" and work.trainable_parameters():
-        too_costly = global_cost_estimate(work, opts) > GLOBAL_FALLBACK_BUDGET
-        passed, composition = _local_strategy(work, loss, opts, analytic, evaluator, gen, keep_local=too_costly)
+        passed, composition = _local_strategy(work, loss, opts, analytic, evaluator, gen)
         if passed is not None:
             return passed, analytic, evaluator
     by_output, notes = check_linear_layers(work, analytic, evaluator, opts, gen)
@@ -167,6 +166,8 @@ def run_gradient_check(
 # report is built from the local checks (see _local_strategy). A count, not a timing, so the same model always
 # gets the same report: a 1M-parameter MLP (~1e10, seconds) re-runs, a 124M-parameter LM (~2e13, hours) does not.
 GLOBAL_FALLBACK_BUDGET = 2e10
+# How much dearer an evaluation is when the model cannot run under vmap (one forward each instead of a chunk).
+SEQUENTIAL_COST_FACTOR = 64.0
 
 
 def global_cost_estimate(work: WorkingCopy, opts: CheckOptions) -> float:
@@ -179,18 +180,22 @@ def global_cost_estimate(work: WorkingCopy, opts: CheckOptions) -> float:
 
 def _local_strategy(
     work: WorkingCopy, loss: LossFn, opts: CheckOptions, analytic: AnalyticPass, evaluator: LossEvaluator,
-    gen: torch.Generator, keep_local: bool = False,
+    gen: torch.Generator,
 ) -> tuple[GradientCheck | None, TensorCheck | None]:
     """Local checks per owning module + joint probes.
 
-    None when anything fails and the whole-model check is affordable (it then runs for the report). With
-    ``keep_local`` (a model where it would take too long: a 124M-parameter LM would need hours) the failing
-    report is this one: failing tensors re-checked coordinate by coordinate through their own module, every
+    None when anything fails and the whole-model check is affordable (it then runs for the report). Where it would
+    take too long (a 124M-parameter LM would need hours; a 30k-parameter one that cannot be batched, minutes) the
+    failing report is this one: failing tensors re-checked coordinate by coordinate through their own module, every
     other tensor's local verdict, the joint probes' verdict, and localization to name the module.
     """
     from .local import check_locally, joint_probes, local_plan
 
     composition = joint_probes(work, evaluator, analytic.parameter_grads, opts)
+    # A model that cannot be batched (an autograd.Function without a vmap rule) is evaluated one perturbation at a
+    # time: there the whole-model re-check costs a full forward per evaluation, minutes even for 30k parameters.
+    keep_local = global_cost_estimate(work, opts) * (SEQUENTIAL_COST_FACTOR if evaluator.any_fallback else 1.0) \
+        > GLOBAL_FALLBACK_BUDGET
     if composition is None or (not composition.passed and not keep_local):
         return None, composition
     local = check_locally(work, loss, opts)

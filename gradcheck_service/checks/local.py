@@ -122,8 +122,7 @@ def _check_own_parameters(
         if not all(t.passed for t in together.values()):
             # Which tensor, which coordinates: each one on its own, as the global check would (at a module's
             # cost, not the model's).
-            detail = opts.model_copy(update={"mode": "default"})
-            together = {item.name: check_tensor(evaluator, item, detail, dtype, gen) for item in probed}
+            together = {item.name: check_tensor(evaluator, item, opts, dtype, gen) for item in probed}
         results.update(together)
     for result in results.values():
         result.method = method + (f"; {result.method}" if result.method.startswith("probed together") else "")
@@ -210,7 +209,7 @@ def local_plan(shape: torch.Size, opts: CheckOptions) -> tuple[torch.Tensor, str
     """
     if opts.mode == "fast":
         return torch.empty(0, dtype=torch.long), "probes"
-    if shape.numel() <= LOCAL_FULL_NUMEL:
+    if shape.numel() <= min(LOCAL_FULL_NUMEL, opts.max_coordinates):
         return torch.arange(shape.numel()), "full"
     return torch.empty(0, dtype=torch.long), "probes"
 
