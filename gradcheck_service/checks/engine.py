@@ -71,7 +71,12 @@ def check(
 
                 t0 = time.perf_counter()
                 report_progress("localization", 0.0)
-                localization = localize(work, loss, opts, analytic)
+                composition = gradient_check.composition
+                root_failed = None
+                if composition is not None and not composition.passed:
+                    root_failed = (f"joint probes through the whole model failed (rel err "
+                                   f"{composition.max_rel_error:.2e})")
+                localization = localize(work, loss, opts, analytic, root_failed)
                 timings.localization_s = time.perf_counter() - t0
             if opts.order == 2:
                 from .second_order import check_second_order

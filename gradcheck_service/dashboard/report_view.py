@@ -24,8 +24,11 @@ class CheckRow:
     max_rel_error: float | None
     max_error_ratio: float | None  # error / its tolerance; at most 1 passes (None in older reports)
     coordinates_checked: int
+    probes: int
     numel: int
     coverage: str
+    scope: str  # "local" (through its own module's call) or "global" (through the whole model)
+    undetected_error: float | None  # the largest error one coordinate could hide (None in older reports)
     failed_coordinates: int
     worst_index: list[int] | None
     worst_analytic: float | None
@@ -47,8 +50,10 @@ def check_rows(report: Mapping[str, Any]) -> list[CheckRow]:
                 kind=kind, name=str(item.get("name", "")), shape=list(item.get("shape") or []),
                 passed=bool(item.get("passed")), max_abs_error=item.get("max_abs_error"),
                 max_rel_error=item.get("max_rel_error"), max_error_ratio=item.get("max_error_ratio"),
-                coordinates_checked=int(item.get("coordinates_checked") or 0), numel=int(item.get("numel") or 0),
-                coverage=str(item.get("coverage") or ""), failed_coordinates=int(item.get("failed_coordinates") or 0),
+                coordinates_checked=int(item.get("coordinates_checked") or 0), probes=int(item.get("probes") or 0),
+                numel=int(item.get("numel") or 0), coverage=str(item.get("coverage") or ""),
+                scope=str(item.get("scope") or "global"), undetected_error=item.get("undetected_error"),
+                failed_coordinates=int(item.get("failed_coordinates") or 0),
                 worst_index=worst.get("index") if worst else None, worst_analytic=worst.get("analytic"),
                 worst_numeric=worst.get("numeric"), worst_tolerance=worst.get("tolerance"),
                 unused=bool(item.get("unused")), note=item.get("note"),

@@ -293,3 +293,17 @@ def test_count_and_label_choices_are_bounded_reads(api_app: Flask, client: Flask
     sign_in(client, project.token)
     html = client.get("/?label=l0").get_data(as_text=True)
     assert '<option value="l0" selected>' in html  # the active filter stays selectable
+
+
+def test_a_probed_tensor_reads_as_probed_not_as_nothing_checked(api_app: Flask, client: FlaskClient,
+                                                                 project: Project) -> None:
+    run_id = passed_run(api_app, client, project)
+    sign_in(client, project.token)
+    report = client.get(f"/runs/{run_id}.json").get_json()["report"]
+    probed = [t for t in report["gradient_check"]["parameters"] if t["probes"] and not t["coordinates_checked"]]
+    assert probed, "the tiny spec's default-mode check probes some tensor"
+    table = client.get(f"/runs/{run_id}").get_data(as_text=True)
+    row = table[table.index(f'data-tensor="{probed[0]["name"]}"'):]
+    row = row[: row.index("</tr>")]
+    assert f"+ {probed[0]['probes']} probes" in row
+    assert "one coordinate could hide an error of at most" in row and probed[0]["scope"] in row
