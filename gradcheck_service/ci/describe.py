@@ -25,8 +25,10 @@ def blamed_modules(report: Report) -> list[ModuleCheck]:
 def tensor_line(t: TensorCheck) -> str:
     """'parameter blocks.1.linear.weight: max abs error 5.3e-02, max rel error 1.3; worst [2, 4]: ...'."""
     probes = f", {t.probes} probes" if t.probes else ""
-    line = (f"{t.kind} {t.name}: max abs error {t.max_abs_error:.3g}, max rel error {t.max_rel_error:.3g}"
-            f" ({t.failed_coordinates} of {t.coordinates_checked} coordinates failed{probes})")
+    ratio = f", {t.max_error_ratio:.3g}x its tolerance" if t.max_error_ratio is not None else ""
+    line = (f"{t.kind} {t.name}: max abs error {t.max_abs_error:.3g}, max rel error {t.max_rel_error:.3g}{ratio}"
+            f" ({t.failed_coordinates} of {t.coordinates_checked} coordinates failed{probes}; checked "
+            f"{'through its own module' if t.scope == 'local' else 'through the whole model'})")
     if t.worst is not None:
         where = f"[{', '.join(str(i) for i in t.worst.index)}]" if t.worst.index else "probe direction"
         line += (f"; worst {where}: backprop {t.worst.analytic:.6g} vs finite differences {t.worst.numeric:.6g} "

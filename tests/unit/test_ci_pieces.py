@@ -115,3 +115,14 @@ def test_examples_use_only_real_ci_options() -> None:
         assert commands, name
         flags = {flag for command in commands for flag in re.findall(r"(?<![\w-])--[a-z-]+", command)}
         assert {"--junit", "--summary", "--fail-on"} <= flags <= known, (name, flags - known)
+
+
+def test_a_failing_tensor_line_gives_the_error_in_units_of_its_tolerance_and_how_it_was_checked() -> None:
+    from gradcheck_service.ci.describe import tensor_line
+    from gradcheck_service.report import TensorCheck
+
+    t = TensorCheck(name="blocks.1.weight", kind="parameter", shape=[4, 4], dtype="float64", passed=False,
+                    coverage="probes", method="local", numel=16, coordinates_checked=0, probes=4,
+                    max_abs_error=0.02, max_rel_error=0.5, max_error_ratio=3.1e6, scope="local")
+    line = tensor_line(t)
+    assert "3.1e+06x its tolerance" in line and "4 probes" in line and "through its own module" in line
