@@ -29,6 +29,9 @@ NOISE_DIRECTIONS = 3
 # Targets larger than this are evaluated one perturbation at a time: under vmap every delta in a chunk becomes a
 # full copy of the tensor (an LM head of 38M float64 weights is 309 MB a copy).
 SEQUENTIAL_TARGET_BYTES = 64 * 2**20
+# Up to this many evaluations at once (a tensor's probes) run one by one: no vmap to set up or verify, and no
+# batching rule to need (cross-entropy's under vmap imports sympy on first use, 0.4 s in a fresh process).
+FEW_EVALUATIONS = 8
 # Entries of a tensor whose median sets the floor of its step scale (robust_scale).
 MEDIAN_SAMPLE = 65536
 # From this many elements on, single coordinates are perturbed in place, one evaluation at a time, instead of as
@@ -296,6 +299,12 @@ class LossEvaluator:
         tensor per evaluation first: for a large target that is half the memory traffic of a check.
         """
         s, k = len(coefficients), directions.shape[0]
+        if s * k <= FEW_EVALUATIONS and target.kind != "output":
+            values = torch.empty((s, k), dtype=torch.float64)
+            for i, coefficient in enumerate(coefficients):
+                for j in range(k):
+                    values[i, j] = self.loss_along(target, directions[j], coefficient)
+            return values
         nested = target.kind != "output" and target.base.numel() * target.base.element_size() <= SEQUENTIAL_TARGET_BYTES
         if nested and self._nested_ok.get(target.key) is None:
             self._nested_ok[target.key] = self._nested_matches(target)
