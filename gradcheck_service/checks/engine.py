@@ -199,12 +199,19 @@ def _local_strategy(
     composition = joint_probes(work, evaluator, analytic.parameter_grads, opts)
     # A model that cannot be batched (an autograd.Function without a vmap rule) is evaluated one perturbation at a
     # time: there the whole-model re-check costs a full forward per evaluation, minutes even for 30k parameters.
-    keep_local = global_cost_estimate(work, opts) * (SEQUENTIAL_COST_FACTOR if evaluator.any_fallback else 1.0) \
-        > GLOBAL_FALLBACK_BUDGET
-    if composition is None or (not composition.passed and not keep_local):
+    def keep_local() -> bool:
+        """Whether the failing report stays local: the whole-model re-check would cost too much."""
+        estimate = global_cost_estimate(work, opts)
+        if estimate > GLOBAL_FALLBACK_BUDGET / SEQUENTIAL_COST_FACTOR:  # only then does batching decide it
+            name, first = work.trainable_parameters()[0]
+            if not evaluator.batches(Target("parameter", name, first.detach())):
+                estimate *= SEQUENTIAL_COST_FACTOR
+        return estimate > GLOBAL_FALLBACK_BUDGET
+
+    if composition is None or (not composition.passed and not keep_local()):
         return None, composition
     local = check_locally(work, loss, opts)
-    if not all(t.passed for t in local.checks.values()) and not keep_local:
+    if not all(t.passed for t in local.checks.values()) and not keep_local():
         return None, composition
     items = {item.name: item for item in checked_tensors(work, analytic)}
     for name in [*local.unchecked, *(f"input[{i}]" for i in work.float_input_indices)]:
@@ -214,7 +221,7 @@ def _local_strategy(
     inputs = [local.checks[f"input[{i}]"] for i in work.float_input_indices]
     params = [local.checks[n] for n, _ in work.trainable_parameters()]
     passed = composition.passed and all(t.passed for t in params + inputs)
-    if not passed and not keep_local:
+    if not passed and not keep_local():
         return None, composition
     notes = [f"{len(local.unchecked)} parameter(s) had no call that could be re-run alone and were checked through "
              f"the whole model: {', '.join(local.unchecked[:5])}"] if local.unchecked else []

@@ -292,6 +292,14 @@ class LossEvaluator:
                 return self._batched(target, deltas)
             return self._sequential(target, deltas)
 
+    def batches(self, target: Target) -> bool:
+        """Whether perturbations of ``target`` can be evaluated in batches under vmap (tried once, then known)."""
+        if self._batched_ok.get(target.key) is None:
+            with torch.no_grad(), self._maybe_hook(target):
+                self._batched_ok[target.key] = self._batched_matches(target)
+            self.any_fallback |= not self._batched_ok[target.key]
+        return self._batched_ok[target.key]
+
     def losses_along(self, target: Target, directions: torch.Tensor, coefficients: list[float]) -> torch.Tensor:
         """Loss at ``target.base + c * d`` for every coefficient c and direction d: shape [len(c), len(d)].
 

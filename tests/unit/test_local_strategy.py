@@ -169,3 +169,36 @@ def test_a_bug_no_module_owns_fails_the_verdict_without_the_whole_model_check(
     assert report.localization.faulty_modules == ["1"]
     assert report.failed_because == ["joint probes through the whole model failed: a wrong gradient arises between "
                                      "modules in 1"]
+
+
+class _PlainWrongGrad(torch.autograd.Function):
+    """Old-style Function (ctx in forward, no vmap rule): the model cannot run under vmap. Backward 1.5x."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * 1.5
+
+
+class _Wrong(nn.Module):
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn.apply(x)
+
+
+@pytest.mark.parametrize(("fn", "strategy"), [(WrongGrad, "global"), (_PlainWrongGrad, "local")])
+def test_a_model_that_cannot_be_batched_counts_as_dearer_to_re_check(
+        monkeypatch: pytest.MonkeyPatch, fn: Any, strategy: str) -> None:
+    # ~1e8 evaluations x parameters: affordable batched, 64 times that one evaluation at a time is not.
+    monkeypatch.setattr(engine, "GLOBAL_FALLBACK_BUDGET", 1e9)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 256), nn.Tanh(), _Wrong(fn), nn.Linear(256, 2))
+    report = check(model, (torch.randn(4, 16),), **QUICK)
+    assert report.verdict == "failed" and report.gradient_check.strategy == strategy
+    assert report.localization.faulty_modules == ["2"]
