@@ -4,17 +4,19 @@ Perturbing a parameter and re-running the whole model costs a full forward per e
 check of every tensor grows with parameters x depth. The local strategy checks each parameter where it is used:
 one recorded forward/backward gives every module call's arguments and the gradient that reached its outputs;
 the call's vector-Jacobian product for the module's *own* parameters is then compared with finite differences of
-that module's forward alone (the recorded output gradient dotted with its output). Each evaluation runs one
-module, so checking every parameter costs about as much as a few model forwards.
+that module's forward alone (the recorded output gradient dotted with its output), by dense probes over all of
+them at once (tensors of up to 16 elements coordinate by coordinate; stock Linear/Conv through their exact linear
+map). Each evaluation runs one module, so checking every parameter costs about as much as a few model forwards.
 
 Local checks trust what flows between modules. Composition is checked by **joint probes**: random directions over
 every trainable parameter together, through the whole model, against the full analytic gradient. A wrong backward
 in a parameter-free piece (a custom activation, a functional op or a ``.detach()`` in a parent's forward) changes
 the gradient of everything before it and fails the joint probes even though every local check passes.
 
-Whenever anything fails, :func:`gradcheck_service.checks.engine.run_gradient_check` falls back to the global
-per-tensor check for the report's verdicts and then localizes, so a failing report reads as it always has; the
-local strategy makes the passing case, the common one in CI, cheap.
+When anything fails, a failing module's tensors are re-checked one by one through it, and
+:func:`gradcheck_service.checks.engine.run_gradient_check` re-checks every tensor through the whole model where
+that is affordable (the report then reads as it always has) or keeps this local report where it is not; then
+localization names the module. The local strategy makes the passing case, the common one in CI, cheap.
 """
 
 from __future__ import annotations
