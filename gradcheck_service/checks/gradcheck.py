@@ -141,14 +141,7 @@ def check_tensor(
     measured again in full, with the same random draws, the noise measured and kinks refined, so every verdict
     but the clean pass is exactly what the full measurement gives.
     """
-    return with_lazy_noise(evaluator, dtype, gen, lambda: _check_tensor(evaluator, item, options, dtype, gen, plan))
-
-
-def with_lazy_noise(
-    evaluator: LossEvaluator, dtype: torch.dtype, gen: torch.Generator, run: Callable[[], TensorCheck]
-) -> TensorCheck:
-    """``run()`` as a screening pass; again in full (same random draws) unless a clean pass."""
-    return screened(evaluator, dtype, gen, lambda: [run()])[0]
+    return screened(evaluator, dtype, gen, lambda: [_check_tensor(evaluator, item, options, dtype, gen, plan)])[0]
 
 
 def screened(
@@ -223,11 +216,13 @@ def undetected_error(base: torch.Tensor, coords: Comparison | None, probes: Comp
 
 
 def probe_together(
-    evaluator: LossEvaluator, items: list[Checked], opts: CheckOptions, dtype: torch.dtype, gen: torch.Generator
-) -> dict[str, TensorCheck]:
+    evaluator: LossEvaluator, items: list[Checked], opts: CheckOptions, dtype: torch.dtype, gen: torch.Generator,
+    name: str = "(own parameters)", method: str | None = None,
+) -> tuple[TensorCheck, dict[str, TensorCheck]]:
     """Dense probes over several parameter tensors of one module at once; each tensor gets the shared verdict.
 
-    ``items`` are parameters of the evaluator's model, or a single tensor of any kind.
+    ``items`` are parameters of the evaluator's model, or a single tensor of any kind. Returns the verdict of
+    the probes over all of them (``name``, ``method``) and each tensor's share of it.
 
     One module's forward costs the same whichever of its tensors moves, so probing them together costs what
     probing one does. A wrong gradient in any of them moves every probe by its error (the bound each tensor
@@ -238,9 +233,9 @@ def probe_together(
     still = torch.cat([(item.by_design if item.by_design is not None else
                         torch.zeros(item.target.base.shape, dtype=torch.bool)).reshape(-1) for item in items])
     target = items[0].target if len(items) == 1 else Target(
-        "parameters", "(own parameters)", base, names=tuple(item.target.name for item in items),
+        "parameters", name, base, names=tuple(item.target.name for item in items),
         shapes=tuple(item.target.base.shape for item in items))
-    joint = Checked("(own parameters)", "parameter", target, analytic, False)
+    joint = Checked(name, "parameter", target, analytic, False)
     others = f"probed together with {len(items) - 1} other tensor(s) of the module" if len(items) > 1 else ""
     comparisons: list[Comparison] = []
 
@@ -252,9 +247,9 @@ def probe_together(
         measured = measure(evaluator, target, dirs, dtype)
         projected = dirs.to(torch.float64).reshape(opts.probes, -1) @ analytic
         comparisons[:] = [compare(projected, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)]
-        return summarize(joint, None, comparisons[0], "probes", others, base.numel())
+        return summarize(joint, None, comparisons[0], "probes", method or others, base.numel())
 
-    with_lazy_noise(evaluator, dtype, gen, run)
+    together = screened(evaluator, dtype, gen, lambda: [run()])[0]
     probes = comparisons[0]
     valid = ~probes.kink
     slack = float((probes.tolerance + probes.abs_error)[valid].min()) if bool(valid.any()) else None
@@ -266,7 +261,7 @@ def probe_together(
         result.undetected_error = None if slack is None else slack / float(scale[start : start + n].min())
         results[item.name] = result
         start += n
-    return results
+    return together, results
 
 
 # Larger steps for coordinates whose gradient is below their tolerance: roundoff error falls as 1/h while the

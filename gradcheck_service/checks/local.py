@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_unflatten
 
 from ..options import CheckOptions
 from ..report import TensorCheck
-from .directions import Measured, measure, probe_directions
+from .directions import Measured, probe_directions
 from .evaluator import LossEvaluator, Target, robust_scale
 from .gradcheck import (
     Checked,
@@ -41,7 +41,6 @@ from .gradcheck import (
     no_gradient_by_design,
     probe_together,
     summarize,
-    with_lazy_noise,
 )
 from .localize import ModuleCall, ReplayError, _CallAt, _Projection, record_calls
 from .loss import LossFn
@@ -120,7 +119,7 @@ def _check_own_parameters(
             continue
         results[item.name] = check_tensor(evaluator, item, opts, dtype, gen, plan=(flat, coverage))
     if probed:
-        together = probe_together(evaluator, probed, opts, dtype, gen)
+        _all, together = probe_together(evaluator, probed, opts, dtype, gen)
         if not all(t.passed for t in together.values()):
             # Which tensor, which coordinates: each one on its own, as the global check would (at a module's
             # cost, not the model's).
@@ -244,29 +243,14 @@ def joint_probes(
     named = work.trainable_parameters()
     if not named:
         return None
-    base = torch.cat([p.detach().reshape(-1) for _, p in named])
-    analytic = torch.cat([
-        (torch.zeros(p.numel(), dtype=torch.float64) if parameter_grads[n] is None
-         else parameter_grads[n].detach().to(torch.float64).reshape(-1))  # type: ignore[union-attr]
-        for n, p in named
-    ])
-    target = Target("parameters", "(all parameters)", base, names=tuple(n for n, _ in named),
-                    shapes=tuple(p.shape for _, p in named))
     # Entries with no gradient by design (an Embedding's padding row, under any of its tied names) stay still.
     by_design = {id(work.module.get_parameter(n)): mask for n, (mask, _why) in
                  no_gradient_by_design(work.module).items()}
-    still = torch.cat([by_design.get(id(p), torch.zeros(p.shape, dtype=torch.bool)).reshape(-1) for _, p in named])
+    items = [Checked(n, "parameter", Target("parameter", n, p.detach()),
+                     torch.zeros(p.shape, dtype=torch.float64) if parameter_grads[n] is None
+                     else parameter_grads[n].detach().to(torch.float64),  # type: ignore[union-attr]
+                     parameter_grads[n] is None, by_design.get(id(p))) for n, p in named]
     gen = torch.Generator().manual_seed(opts.seed + 424243)
-    item = Checked("(all parameters)", "parameter", target, analytic, False)
-
-    def run() -> TensorCheck:
-        dirs = probe_directions(base, opts.probes, gen)
-        if bool(still.any()):
-            dirs = dirs.masked_fill(still.to(dirs.device), 0)
-        measured = measure(evaluator, target, dirs, work.dtype)
-        projected = dirs.to(torch.float64).reshape(opts.probes, -1) @ analytic
-        comparison = compare(projected, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, work.dtype)
-        return summarize(item, None, comparison, "probes", "joint probes: random directions over every trainable "
-                         "parameter together, through the whole model", base.numel())
-
-    return with_lazy_noise(evaluator, work.dtype, gen, run)
+    together, _each = probe_together(evaluator, items, opts, work.dtype, gen, name="(all parameters)", method=(
+        "joint probes: random directions over every trainable parameter together, through the whole model"))
+    return together

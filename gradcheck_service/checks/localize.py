@@ -240,7 +240,7 @@ def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> Modul
     groups: list[tuple[str, list[Checked]]] = [("its parameters", params_items)] if params_items else []
     groups += [(item.name, [item]) for item in input_items]
     for label, items in groups:
-        result = next(iter(probe_together(evaluator, items, probe_opts, dtype, gen).values()))
+        result, _each = probe_together(evaluator, items, probe_opts, dtype, gen)
         probes += result.probes
         worst_abs, worst_rel = max(worst_abs, result.max_abs_error), max(worst_rel, result.max_rel_error)
         if not result.passed:
