@@ -109,6 +109,10 @@ class ModuleCheck(_Model):
     passed: bool
     max_abs_error: float
     max_rel_error: float
+    max_error_ratio: float | None = Field(
+        None, description="Largest |analytic - numeric| / tolerance over this call's comparisons: at most 1 passes. "
+        "None where the call was judged without its own comparisons (the whole model's call, from its joint "
+        "probes) and in older reports.")
     probes: int
     blamed: bool = Field(description="The smallest failing module on its path: named as faulty.")
     detail: str | None = None

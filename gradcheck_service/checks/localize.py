@@ -222,7 +222,7 @@ def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> Modul
         raise ReplayError("re-running the call does not reproduce its recorded output")
     probe_opts = opts.model_copy(update={"mode": "fast", "probes": 2})
     gen = torch.Generator().manual_seed(opts.seed + 104729 + rec.call)
-    failures, worst_abs, worst_rel, probes = [], 0.0, 0.0, 0
+    failures, worst_abs, worst_rel, worst_ratio, probes = [], 0.0, 0.0, 0.0, 0
     by_design = no_gradient_by_design(wrapper)
     evaluator.share_noise = True
     params_items = [
@@ -243,11 +243,12 @@ def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> Modul
         result, _each = probe_together(evaluator, items, probe_opts, dtype, gen)
         probes += result.probes
         worst_abs, worst_rel = max(worst_abs, result.max_abs_error), max(worst_rel, result.max_rel_error)
+        worst_ratio = max(worst_ratio, result.max_error_ratio or 0.0)
         if not result.passed:
             failures.append(f"gradient w.r.t. {label} (rel err {result.max_rel_error:.2e})")
     return ModuleCheck(
         module=rec.name, type=type(rec.module).__name__, call=rec.call, passed=not failures,
-        max_abs_error=worst_abs, max_rel_error=worst_rel, probes=probes, blamed=False,
+        max_abs_error=worst_abs, max_rel_error=worst_rel, max_error_ratio=worst_ratio, probes=probes, blamed=False,
         detail="; ".join(failures) or None, defined_in=_defined_in(rec.module),
     )
 

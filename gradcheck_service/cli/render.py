@@ -69,8 +69,9 @@ def render_report(report: Report) -> str:
             parts.append("faulty modules (their own backward disagrees with finite differences of their forward):")
             for m in report.localization.modules:
                 if m.blamed:
+                    ratio = f", err/tol {_ratio(m.max_error_ratio)}" if m.max_error_ratio is not None else ""
                     parts.append(f"  {m.module or '<root>'} ({m.type}, call {m.call}): max rel err "
-                                 f"{_fmt(m.max_rel_error)}{' - ' + m.detail if m.detail else ''}")
+                                 f"{_fmt(m.max_rel_error)}{ratio}{' - ' + m.detail if m.detail else ''}")
         elif report.localization.note:
             parts.append(f"localization: {report.localization.note}")
     parts.append("")

@@ -64,6 +64,11 @@ def test_every_tensor_passes_exactly_when_its_ratio_is_at_most_one(case: str, mo
     for t in tensors:
         assert t.max_error_ratio is not None
         assert t.passed == (t.max_error_ratio <= 1), (t.name, t.max_error_ratio, t.note)
+    # Localization rows carry the same measure: a checked call passes exactly when its ratio is at most 1.
+    checked = [m for m in report.localization.modules if m.max_error_ratio is not None]
+    assert checked and any(m.blamed for m in checked)
+    for m in checked:
+        assert m.passed == (m.max_error_ratio <= 1), (m.module, m.max_error_ratio, m.detail)
 
 
 def test_run_page_shows_the_ratio_column_in_agreement_with_the_verdicts(api_app: Flask, client: FlaskClient,
