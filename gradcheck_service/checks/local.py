@@ -54,11 +54,9 @@ class LocalResult:
     evaluations: int
 
 
-def check_locally(
-    work: WorkingCopy, loss: LossFn, opts: CheckOptions, skip: set[str] | frozenset[str] = frozenset()
-) -> LocalResult:
-    """Check every trainable parameter (but those in ``skip``) through the calls of the module that owns it."""
-    names = {id(p): n for n, p in work.trainable_parameters() if n not in skip}
+def check_locally(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> LocalResult:
+    """Check every trainable parameter through the calls of the module that owns it."""
+    names = {id(p): n for n, p in work.trainable_parameters()}
     found: dict[str, list[TensorCheck]] = {}
     evaluations = 0
     with torch.random.fork_rng(devices=[]):
@@ -75,7 +73,7 @@ def check_locally(
             for name, result in results.items():
                 found.setdefault(name, []).append(result)
     checks = {name: _merge(parts) for name, parts in found.items()}
-    unchecked = [n for n, _ in work.trainable_parameters() if n not in checks and n not in skip]
+    unchecked = [n for n, _ in work.trainable_parameters() if n not in checks]
     return LocalResult(checks, unchecked, evaluations)
 
 
