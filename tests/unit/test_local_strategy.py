@@ -10,7 +10,7 @@ from torch import nn
 
 from gradcheck_service import check
 from gradcheck_service.checks import engine
-from tests.fixtures.seeded_functions import WrongGrad
+from tests.fixtures.seeded_functions import WrongGrad, plain_scaled_grad
 
 QUICK: dict[str, Any] = {"health": False, "memory": False}
 
@@ -171,16 +171,8 @@ def test_a_bug_no_module_owns_fails_the_verdict_without_the_whole_model_check(
                                      "modules in 1"]
 
 
-class _PlainWrongGrad(torch.autograd.Function):
-    """Old-style Function (ctx in forward, no vmap rule): the model cannot run under vmap. Backward 1.5x."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * 1.5
+# Old-style (ctx in forward, no vmap rule): the model cannot run under vmap. Backward 1.5x.
+_PlainWrongGrad = plain_scaled_grad(1.5)
 
 
 class _Wrong(nn.Module):

@@ -9,6 +9,7 @@ from torch import nn
 
 from gradcheck_service import check
 from tests.fixtures.correct_models import Float32OnlyTanh
+from tests.fixtures.seeded_functions import plain_scaled_grad
 
 QUICK: dict[str, Any] = {"health": False, "memory": False}
 
@@ -56,14 +57,7 @@ class WrongNorm(UpcastingNorm):
         return _ScaleGrad.apply(super().forward(x))
 
 
-class _ScaleGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * 1.03
+_ScaleGrad = plain_scaled_grad(1.03)
 
 
 def test_wrong_backward_in_a_float32_internal_path_is_named() -> None:
