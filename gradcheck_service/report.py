@@ -54,6 +54,9 @@ class TensorCheck(_Model):
     failed_coordinates: int = 0
     kinks: int = Field(0, description="Coordinates at a non-differentiable point (the finite differences do not "
                        "converge as the step shrinks); excluded from the verdict and counted here.")
+    unmeasured: int = Field(0, description="Comparisons whose finite differences came out NaN or infinite (the "
+                            "loss is not finite near the point): left out of the verdict; a tensor that has them and "
+                            "no failure makes the check inconclusive.")
     max_abs_error: float
     max_rel_error: float
     max_error_ratio: float | None = Field(
@@ -97,6 +100,8 @@ class GradientCheck(_Model):
         "whole model, against the full analytic gradient.")
     reproducible: bool = Field(True, description="The loss at the unperturbed point came out the same on two "
                                "evaluations; when it did not, no finite difference means anything.")
+    loss_finite: bool = Field(True, description="The loss at the unperturbed point is finite; when it is not (NaN "
+                              "or infinite), nothing can be compared and the check is inconclusive.")
     notes: list[str] = Field(default_factory=list)
 
 

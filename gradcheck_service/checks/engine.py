@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import time
@@ -121,7 +122,8 @@ def run_gradient_check(
     analytic = run_analytic(work, loss, opts)
     evaluator = LossEvaluator(work.module, work.inputs, loss, opts.seed, chunk_size=opts.chunk_size)
     gen = torch.Generator().manual_seed(opts.seed + 7919)
-    reproducible = is_reproducible(evaluator, work.dtype)
+    loss_finite = math.isfinite(evaluator.base_loss)
+    reproducible = loss_finite and is_reproducible(evaluator, work.dtype)
     composition = None
     if reproducible and opts.strategy == "local" and opts.mode != "full" and work.trainable_parameters():
         passed, composition = _local_strategy(work, loss, opts, analytic, evaluator, gen)
@@ -146,7 +148,8 @@ def run_gradient_check(
     return (
         GradientCheck(
             passed=reproducible and all(t.passed for t in params + inputs),
-            reproducible=reproducible,
+            reproducible=reproducible or not loss_finite,
+            loss_finite=loss_finite,
             mode=opts.mode,
             order=opts.order,
             dtype=str(work.dtype).replace("torch.", ""),
@@ -339,6 +342,8 @@ def verdict_reasons(report: Report, opts: CheckOptions) -> list[str]:
 
 def inconclusive_reasons(gc: GradientCheck) -> list[str]:
     """Why a check that found nothing wrong still cannot say the gradients are right."""
+    if not gc.loss_finite:
+        return ["the loss is not finite at the checked point (NaN or infinite): no derivative can be compared there"]
     if not gc.reproducible:
         return ["the forward is not reproducible: the loss at the same point differed between two evaluations "
                 "(a forward that reseeds its RNG, or nondeterministic kernels); finite differences cannot be trusted"]
@@ -351,6 +356,11 @@ def inconclusive_reasons(gc: GradientCheck) -> list[str]:
         reasons.append(f"{kinks} of {coordinates} coordinates were set aside as kinks (non-differentiable points)")
     elif compared <= 0:
         reasons.append("nothing was compared: no parameter or float input with a gradient to check")
+    unmeasured = [t.name for t in tensors if t.unmeasured]
+    if unmeasured:
+        reasons.append(f"finite differences came out NaN or infinite for {', '.join(unmeasured[:5])}"
+                       f"{' ...' if len(unmeasured) > 5 else ''}: the loss is not finite near the point, so those "
+                       "comparisons could not be made")
     unresolved = [t.name for t in tensors if not t.resolved]
     if tensors and len(unresolved) * 2 > len(tensors):
         reasons.append(f"{len(unresolved)} of {len(tensors)} tensors were not meaningfully checked (tolerance above "

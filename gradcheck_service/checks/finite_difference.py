@@ -114,5 +114,7 @@ def tolerance(
     analytic: torch.Tensor, numeric: torch.Tensor, error: torch.Tensor, safety_factor: float, dtype: torch.dtype
 ) -> torch.Tensor:
     """Allowed |analytic - numeric| per comparison: safety factor x estimated FD error + a relative floor."""
-    scale = torch.maximum(analytic.abs(), numeric.abs())
+    # Scaled by finite values only: an infinite analytic value must not widen its own tolerance to infinity.
+    magnitude = analytic.abs()
+    scale = torch.maximum(torch.where(torch.isfinite(magnitude), magnitude, 0.0), numeric.abs())
     return safety_factor * error + relative_floor(dtype) * scale

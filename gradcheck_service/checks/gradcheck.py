@@ -65,13 +65,28 @@ class Comparison:
         return (self.analytic - self.numeric).abs()
 
     @property
+    def unmeasured(self) -> torch.Tensor:
+        """The finite differences came out NaN or infinite: the forward is not finite near the point."""
+        return ~torch.isfinite(self.numeric)
+
+    @property
+    def compared(self) -> torch.Tensor:
+        """Comparisons that count for the verdict: neither a kink nor a finite difference that is not finite."""
+        return ~self.kink & ~self.unmeasured
+
+    @property
     def failed(self) -> torch.Tensor:
-        return (self.abs_error > self.tolerance) & ~self.kink
+        # Written as "not within" so that a NaN (an analytic gradient of NaN or infinity) can never pass.
+        return ~(self.abs_error <= self.tolerance) & self.compared
+
+    def ratios(self) -> torch.Tensor:
+        """Error in units of its tolerance; a non-finite analytic value against a finite numeric one is infinite."""
+        ratio = self.abs_error / torch.clamp(self.tolerance, min=TINY)
+        return torch.where(torch.isnan(ratio), torch.full_like(ratio, float("inf")), ratio)
 
     def max_ratio(self) -> float:
-        """Largest error in units of its tolerance, kinks left out (0 when nothing is compared)."""
-        ratio = self.abs_error / torch.clamp(self.tolerance, min=TINY)
-        ratio = ratio[~self.kink]
+        """Largest error in units of its tolerance, over what was compared (0 when nothing is)."""
+        ratio = self.ratios()[self.compared]
         return float(ratio.max()) if ratio.numel() else 0.0
 
     @staticmethod
@@ -204,11 +219,11 @@ def undetected_error(base: torch.Tensor, coords: Comparison | None, probes: Comp
     the smallest scale of the tensor gives the bound for its least visible coordinate.
     """
     if coverage == "full" and coords is not None and coords.tolerance.numel():
-        valid = ~coords.kink
+        valid = coords.compared
         return float(coords.tolerance[valid].max()) if bool(valid.any()) else None
     if probes is None or not probes.tolerance.numel():
         return None
-    valid = ~probes.kink
+    valid = probes.compared
     if not bool(valid.any()):
         return None
     slack = (probes.tolerance + probes.abs_error)[valid].min()
@@ -251,7 +266,7 @@ def probe_together(
 
     together = screened(evaluator, dtype, gen, lambda: [run()])[0]
     probes = comparisons[0]
-    valid = ~probes.kink
+    valid = probes.compared
     slack = float((probes.tolerance + probes.abs_error)[valid].min()) if bool(valid.any()) else None
     scale = robust_scale(base)  # the probes' per-coordinate scale, floored over the whole module
     results, start = {}, 0
@@ -304,11 +319,12 @@ def summarize(
         return nothing_compared(item, coverage, method, note)
     failed = int(coords.failed.sum()) if coords is not None else 0
     probes_failed = int(probes.failed.sum()) if probes is not None else 0
-    valid = ~pool.kink
+    valid = pool.compared
     err = torch.where(valid, pool.abs_error, torch.zeros_like(pool.abs_error))
-    denom_floor = max(float(pool.numeric.abs().max()) * REL_DENOMINATOR_FLOOR, TINY) if pool.numeric.numel() else TINY
+    finite_numeric = pool.numeric[valid].abs()
+    denom_floor = max(float(finite_numeric.max()) * REL_DENOMINATOR_FLOOR, TINY) if finite_numeric.numel() else TINY
     denom = torch.clamp(torch.maximum(pool.analytic.abs(), pool.numeric.abs()), min=denom_floor)
-    ratio = torch.where(valid, pool.abs_error / torch.clamp(pool.tolerance, min=TINY), torch.full_like(err, -1.0))
+    ratio = torch.where(valid, pool.ratios(), torch.full_like(err, -1.0))
     worst_i = int(ratio.argmax()) if ratio.numel() else 0
     worst = None
     if ratio.numel() and float(ratio[worst_i]) >= 0:
@@ -334,6 +350,14 @@ def summarize(
         notes.append(f"{probes_failed} random-direction probe(s) failed")
     if item.unused:
         notes.append("autograd returned no gradient (None); compared as zero")
+    unmeasured = sum(int(part.unmeasured.sum()) for part in (coords, probes) if part is not None)
+    if unmeasured:
+        notes.append(f"{unmeasured} finite difference(s) came out NaN or infinite (the loss is not finite near the "
+                     "point): not compared")
+    nonfinite = int((~torch.isfinite(pool.analytic) & valid).sum())
+    if nonfinite:
+        notes.append(f"autograd's gradient is NaN or infinite where the finite differences are finite "
+                     f"({nonfinite} comparison(s))")
     return TensorCheck(
         name=item.name,
         kind=item.kind,
@@ -346,7 +370,8 @@ def summarize(
         coordinates_checked=int(coords.analytic.numel()) if coords is not None else 0,
         probes=int(probes.analytic.numel()) if probes is not None else 0,
         failed_coordinates=failed,
-        kinks=int(pool.kink.sum()),
+        kinks=int((pool.kink & ~pool.unmeasured).sum()),
+        unmeasured=unmeasured,
         max_abs_error=float(err.max()) if err.numel() else 0.0,
         max_rel_error=float((err / denom).max()) if err.numel() else 0.0,
         max_error_ratio=max(part.max_ratio() for part in (coords, probes) if part is not None),

@@ -225,6 +225,7 @@ def _merge(parts: list[TensorCheck]) -> TensorCheck:
     merged.probes = sum(t.probes for t in parts)
     merged.failed_coordinates = sum(t.failed_coordinates for t in parts)
     merged.kinks = sum(t.kinks for t in parts)
+    merged.unmeasured = sum(t.unmeasured for t in parts)
     merged.method = f"{worst.method} (and {len(parts) - 1} more call(s))"
     notes = list(dict.fromkeys(part for t in parts if t.note for part in t.note.split("; ")))
     merged.note = "; ".join(notes) or None
