@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,7 +11,7 @@ from torch import nn
 from ..options import CheckOptions
 from .gradcheck import is_linear_in_parameters
 from .loss import LossFn
-from .working_copy import CheckError, WorkingCopy
+from .working_copy import CheckError, WorkingCopy, relocated
 
 
 @dataclass
@@ -32,13 +31,18 @@ class AnalyticPass:
 
 
 def run_analytic(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> AnalyticPass:
-    """One seeded forward + backward on the working copy (on CUDA when asked), recording layer calls."""
-    module, inputs = work.module, work.inputs
-    if opts.device == "cuda":
-        if not torch.cuda.is_available():
-            raise CheckError("device 'cuda' was asked for but no CUDA device is available")
-        module = copy.deepcopy(work.module).to("cuda")
-        inputs = tuple(t.to("cuda") for t in inputs)
+    """One seeded forward + backward on the working model (on CUDA when asked), recording layer calls."""
+    if opts.device != "cuda":
+        return _run_analytic(work, work.inputs, loss, opts)
+    if not torch.cuda.is_available():
+        raise CheckError("device 'cuda' was asked for but no CUDA device is available")
+    with relocated(work, "cuda"):
+        return _run_analytic(work, tuple(t.to("cuda") for t in work.inputs), loss, opts)
+
+
+def _run_analytic(work: WorkingCopy, inputs: tuple[torch.Tensor, ...], loss: LossFn, opts: CheckOptions
+                  ) -> AnalyticPass:
+    module = work.module
     names = dict(work.trainable_parameters())
     params = [p for n, p in module.named_parameters() if n in names]
     args = tuple(t.detach().clone().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
@@ -58,8 +62,6 @@ def run_analytic(work: WorkingCopy, loss: LossFn, opts: CheckOptions) -> Analyti
             h.remove()
         for p in module.parameters():
             p.grad = None
-        if opts.device == "cuda":
-            del module
     param_names = [n for n, _ in work.trainable_parameters()]
     return AnalyticPass(
         parameter_grads={n: _cpu(g) for n, g in zip(param_names, grads[: len(params)], strict=True)},

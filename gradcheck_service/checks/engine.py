@@ -20,7 +20,7 @@ from .evaluator import LossEvaluator, Target
 from .gradcheck import Checked, check_tensor, no_gradient_by_design
 from .linear_layers import check_linear_layers
 from .loss import LossFn, resolve_loss
-from .working_copy import CheckError, WorkingCopy, make_working_copy
+from .working_copy import CheckError, WorkingCopy, working_model
 
 Progress = Callable[[str, float], None]
 
@@ -60,8 +60,7 @@ def check(
     timings = Timings()
     loss = resolve_loss(loss_fn, opts.seed)
 
-    with torch.random.fork_rng(devices=[]):
-        work = make_working_copy(model, inputs_tuple, loss, opts)
+    with torch.random.fork_rng(devices=[]), working_model(model, inputs_tuple, loss, opts) as work:
         with work.reference():
             t0 = time.perf_counter()
             gradient_check, analytic, evaluator = run_gradient_check(work, loss, opts, report_progress)

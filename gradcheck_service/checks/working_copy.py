@@ -1,11 +1,18 @@
-"""The copy of the model that finite differences run on: float64 where possible, never the user's object."""
+"""The model that finite differences run on: the user's own module, promoted to float64 in place for the check.
+
+A deep copy is not the model the user runs: code that reaches modules through a closure (``self.mlpf = lambda x:
+m.c_proj(m.act(m.c_fc(x)))``), a plain attribute or a hook registered on a parameter keeps pointing at the
+original, so the copy computes with tensors the check neither promoted nor perturbs. Instead every parameter of
+the user's module gets float64 data (``param.data = ...``, the Parameter object itself stays, with its hooks), every
+buffer a float64 copy, and :func:`working_model` puts the original data, gradients, buffers and plain attributes
+back when the check ends, however it ends.
+"""
 
 from __future__ import annotations
 
-import copy
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
@@ -20,6 +27,8 @@ class CheckError(ValueError):
 
 @dataclass
 class WorkingCopy:
+    """The user's module as the check runs it (promoted in place; see the module docstring), and its inputs."""
+
     module: nn.Module
     inputs: tuple[torch.Tensor, ...]
     dtype: torch.dtype  # lowest floating precision the forward computes in: sets the finite-difference error model
@@ -36,19 +45,81 @@ class WorkingCopy:
         return [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
 
 
-def make_working_copy(
+# What nn.Module.__init__ puts in every module's __dict__: restored through their own paths (or never touched).
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}
+
+
+class ModelState:
+    """Everything of a module the check may change, taken before and put back after: tensors and attributes.
+
+    Parameters keep their identity (only ``.data`` is swapped), buffers and plain attributes get their original
+    objects back, so a lazily built cache (an int saying "filled" beside a buffer) cannot be left half restored.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        seen: set[int] = set()
+        self.parameters: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor | None]] = []
+        for p in model.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                self.parameters.append((p, p.data, p.grad))
+        self.modules = list(model.modules())
+        self.buffers = [dict(m._buffers) for m in self.modules]
+        self.attributes = [{k: v for k, v in vars(m).items() if k not in _MODULE_INTERNALS} for m in self.modules]
+
+    def place(self, device: str | torch.device, dtype: torch.dtype | None) -> None:
+        """Give every parameter and buffer a fresh copy of its original data on ``device`` (floats in ``dtype``)."""
+        with torch.no_grad():
+            for p, data, _grad in self.parameters:
+                p.grad = None
+                p.data = _moved(data, device, dtype)
+            for m, buffers in zip(self.modules, self.buffers, strict=True):
+                for name, value in buffers.items():
+                    m._buffers[name] = None if value is None else _moved(value, device, dtype)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, data, grad in self.parameters:
+                p.data = data
+                p.grad = grad
+        for m, buffers, attributes in zip(self.modules, self.buffers, self.attributes, strict=True):
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            for name in [k for k in vars(m) if k not in _MODULE_INTERNALS and k not in attributes]:
+                delattr(m, name)
+            m.__dict__.update(attributes)
+
+
+def _moved(t: torch.Tensor, device: str | torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    floating = dtype is not None and t.is_floating_point()
+    return t.detach().to(device=device, dtype=dtype if floating else None, copy=True)
+
+
+@contextmanager
+def working_model(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, opts: CheckOptions
+) -> Iterator[WorkingCopy]:
+    """The user's module on the CPU in float64 (its own dtype when float64 does not run) for the ``with`` block."""
+    state = ModelState(model)
+    try:
+        yield _prepare(model, state, inputs, loss, opts)
+    finally:
+        state.restore()
+
+
+def _prepare(
+    model: nn.Module, state: ModelState, inputs: tuple[torch.Tensor, ...], loss: LossFn, opts: CheckOptions
 ) -> WorkingCopy:
-    """Deep-copy the model to the CPU in float64; fall back to its own dtype when float64 does not run."""
     notes: list[str] = []
     keep: KeepFloat64 | None = KeepFloat64()
     try:
-        promoted_model = _copy(model).to(device="cpu", dtype=torch.float64)
-        promoted_inputs = tuple(_promote(t) for t in inputs)
+        state.place("cpu", torch.float64)
+        work_inputs = tuple(_promote(t) for t in inputs)
         assert keep is not None
         with keep:
-            dtype = _trial(promoted_model, promoted_inputs, loss, opts.seed, notes)
-        module, work_inputs, promoted = promoted_model, promoted_inputs, True
+            dtype = _trial(model, work_inputs, loss, opts.seed, notes)
+        promoted = True
         kept = keep.describe()
         if kept:
             notes.append(kept)
@@ -59,26 +130,31 @@ def make_working_copy(
             f"the model could not run in float64 ({type(exc).__name__}: {_first_line(exc)}); checked in its own "
             "dtype, with tolerances derived from that dtype's precision"
         )
-        module = _copy(model).to("cpu")
+        state.restore()
+        state.place("cpu", None)
         work_inputs = tuple(t.detach().to("cpu").clone() for t in inputs)
         try:
-            dtype = _trial(module, work_inputs, loss, opts.seed, notes)
+            dtype = _trial(model, work_inputs, loss, opts.seed, notes)
         except Exception as exc2:
             raise CheckError(f"the model's forward/backward raised {type(exc2).__name__}: {_first_line(exc2)}") from exc2
         promoted, keep = False, None
     if promoted and dtype != torch.float64:
         notes.append(f"the forward computes in {str(dtype).replace('torch.', '')} internally despite float64 "
                      "promotion; tolerances use that precision")
-    _freeze_running_stats(module)
+    _freeze_running_stats(model)
     float_idx = [i for i, t in enumerate(work_inputs) if t.is_floating_point()]
-    return WorkingCopy(module, work_inputs, dtype, promoted, float_idx, notes, keep)
+    return WorkingCopy(model, work_inputs, dtype, promoted, float_idx, notes, keep)
 
 
-def _copy(model: nn.Module) -> nn.Module:
+@contextmanager
+def relocated(work: WorkingCopy, device: str) -> Iterator[None]:
+    """The working model's tensors moved to ``device`` for the ``with`` block (same objects, data copied back)."""
+    state = ModelState(work.module)
+    state.place(device, None)
     try:
-        return copy.deepcopy(model)
-    except Exception as exc:
-        raise CheckError(f"the model cannot be deep-copied ({type(exc).__name__}: {_first_line(exc)})") from exc
+        yield
+    finally:
+        state.restore()
 
 
 def _promote(t: torch.Tensor) -> torch.Tensor:
@@ -89,14 +165,17 @@ def _promote(t: torch.Tensor) -> torch.Tensor:
 def _trial(
     module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, seed: int, notes: list[str] | None = None
 ) -> torch.dtype:
-    """Run forward + backward once; return the lowest float precision seen in any module output or the loss."""
+    """Run forward + backward once; return the lowest float precision seen in any module output or the loss.
+
+    The state this first forward leaves (a cache it builds lazily, a counter) stays: it is the state the analytic
+    pass and every evaluation then start from, as the second step of training would.
+    """
     seen: set[torch.dtype] = set()
 
     def record(_m: nn.Module, _i: object, out: object) -> None:
         seen.update(t.real.dtype if t.is_complex() else t.dtype for t in float_leaves(out))  # complex128: float64
 
     handles = [m.register_forward_hook(record) for m in module.modules()]
-    state = {k: v.detach().clone() for k, v in module.named_buffers()}
     try:
         torch.manual_seed(seed)
         args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
@@ -119,10 +198,8 @@ def _trial(
     finally:
         for h in handles:
             h.remove()
-        with torch.no_grad():
-            for k, v in module.named_buffers():
-                if k in state:
-                    v.copy_(state[k])
+        for p in module.parameters():
+            p.grad = None
     return max(seen, key=lambda d: torch.finfo(d).eps) if seen else torch.float64
 
 
