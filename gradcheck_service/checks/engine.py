@@ -20,6 +20,7 @@ from .evaluator import LossEvaluator, Target
 from .gradcheck import Checked, check_tensor, no_gradient_by_design
 from .linear_layers import check_linear_layers
 from .loss import LossFn, resolve_loss
+from .rng import isolated_randomness
 from .working_copy import CheckError, WorkingCopy, working_model
 
 Progress = Callable[[str, float], None]
@@ -60,7 +61,7 @@ def check(
     timings = Timings()
     loss = resolve_loss(loss_fn, opts.seed)
 
-    with torch.random.fork_rng(devices=[]), working_model(model, inputs_tuple, loss, opts) as work:
+    with isolated_randomness(), working_model(model, inputs_tuple, loss, opts) as work:
         with work.reference():
             t0 = time.perf_counter()
             gradient_check, analytic, evaluator = run_gradient_check(work, loss, opts, report_progress)
@@ -84,8 +85,9 @@ def check(
                 gradient_check.second_order = check_second_order(work, loss, opts)
                 gradient_check.passed &= all(t.passed for t in gradient_check.second_order)
 
-    sections = measure_health_and_memory(model, differentiable_inputs(model, inputs_tuple), loss, opts, timings,
-                                         report_progress)
+    with isolated_randomness():
+        sections = measure_health_and_memory(model, differentiable_inputs(model, inputs_tuple), loss, opts, timings,
+                                             report_progress)
     timings.total_s = time.perf_counter() - started
     report = Report(
         passed=False,
@@ -99,7 +101,7 @@ def check(
         **sections,
     )
     report.failed_because = verdict_reasons(report, opts)
-    report.inconclusive_because = inconclusive_reasons(report.gradient_check)
+    report.inconclusive_because = inconclusive_reasons(report.gradient_check) + differences_from_training(report)
     report.verdict = ("failed" if report.failed_because else "inconclusive" if report.inconclusive_because
                       else "passed")
     report.passed = report.verdict == "passed"
@@ -365,6 +367,23 @@ def inconclusive_reasons(gc: GradientCheck) -> list[str]:
         reasons.append(f"{len(unresolved)} of {len(tensors)} tensors were not meaningfully checked (tolerance above "
                        f"their gradients): {', '.join(unresolved[:5])}{' ...' if len(unresolved) > 5 else ''}")
     return reasons
+
+
+def differences_from_training(report: Report) -> list[str]:
+    """Where the model's own training step (the health section) and the check saw different gradients.
+
+    A parameter whose gradient is non-zero when the model trains but that autograd left without one in the check
+    was not compared with anything the model uses: the check ran something other than the model.
+    """
+    if report.gradient_norms is None:
+        return []
+    checked_unused = {t.name for t in report.gradient_check.parameters if t.unused}
+    missed = [g.name for g in report.gradient_norms.parameters
+              if g.name in checked_unused and g.has_gradient and g.l2_norm > 0]
+    if not missed:
+        return []
+    return [f"{len(missed)} parameter(s) get a gradient when the model trains but none in the check, so what was "
+            f"compared is not what the model uses: {', '.join(missed[:5])}{' ...' if len(missed) > 5 else ''}"]
 
 
 def model_info(model: nn.Module, name: str | None) -> ModelInfo:

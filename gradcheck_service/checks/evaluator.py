@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .loss import LossFn, RandomProjection, float_leaves
+from .rng import RngState
 
 TargetKind = Literal["parameter", "input", "output", "parameters"]
 # Random directions used to measure the loss's rounding noise per target (4 evaluations each).
@@ -123,10 +124,10 @@ class LossEvaluator:
         seed: int,
         chunk_size: int = 256,
         memory_budget_bytes: int = 512 * 2**20,
-        rng_state: torch.Tensor | None = None,
+        rng_state: RngState | None = None,
     ) -> None:
         self.model = model
-        self.rng_state = rng_state
+        self.rng_state = rng_state if rng_state is not None else RngState.seeded(seed)
         self.inputs = inputs
         self.loss_fn = loss_fn
         self.seed = seed
@@ -180,11 +181,7 @@ class LossEvaluator:
         return total
 
     def _reseed(self) -> None:
-        # The CPU generator alone: torch.manual_seed also walks every accelerator backend (~1 ms a call).
-        if self.rng_state is not None:
-            torch.set_rng_state(self.rng_state)
-        else:
-            torch.default_generator.manual_seed(self.seed)
+        self.rng_state.restore()
 
     @contextmanager
     def _seeded(self) -> Iterator[None]:

@@ -84,7 +84,7 @@ def _check_own_parameters(
     wrapper = _CallAt(rec)
     float_args = tuple(rec.leaves[i] for i in rec.differentiable)
     projection = _Projection(rec.cotangents)
-    torch.set_rng_state(rec.rng_state)
+    rec.rng_state.restore()
     params = [p for _, p in own]
     with torch.enable_grad():
         leaves = tuple(a.detach().requires_grad_(True) for a in float_args)

@@ -28,6 +28,7 @@ from .analytic import AnalyticPass
 from .evaluator import LossEvaluator, Target
 from .gradcheck import Checked, no_gradient_by_design, probe_together
 from .loss import LossFn, float_leaves
+from .rng import RngState
 from .working_copy import WorkingCopy
 
 # Argument values that are immutable: shared between replays as they are. Anything else that is not a tensor (a
@@ -48,7 +49,7 @@ class ModuleCall:
     spec: TreeSpec
     paths: list[str]  # where each leaf sat, e.g. "[0][0]" or "[1]['encoder_hidden_states']"
     differentiable: list[int]  # leaves that were float tensors in the autograd graph: checked as inputs
-    rng_state: torch.Tensor
+    rng_state: RngState
     cotangents: dict[int, torch.Tensor] = field(default_factory=dict)  # output leaf position -> dL/d(leaf)
     problem: str | None = None  # why the arguments could not be kept for a replay
     parent: int | None = None  # index (in the recorded list) of the call this one ran inside
@@ -170,7 +171,7 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
                 if isinstance(v, torch.Tensor) and v.is_floating_point() and v.requires_grad
             ]
             rec = ModuleCall(name, m, n, leaves, spec, [keystr(p) for p, _v in flat], differentiable,
-                             torch.get_rng_state(), problem="; ".join(problems) or None,
+                             RngState.capture(), problem="; ".join(problems) or None,
                              parent=active[-1] if active else None)
             stack.setdefault(id(m), []).append(rec)
             active.append(len(calls))
@@ -189,7 +190,7 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
         handles.append(m.register_forward_pre_hook(pre(name), with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
-        torch.manual_seed(seed)
+        RngState.seeded(seed).restore()
         args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in work.inputs)
         value = loss(work.module(*args), *args)
         if value.requires_grad:
@@ -212,7 +213,7 @@ def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> Modul
     params = [(n, p) for n, p in wrapper.named_parameters() if p.requires_grad]
     if not params and not float_args:
         return None
-    torch.set_rng_state(rec.rng_state)
+    rec.rng_state.restore()
     leaves = tuple(a.detach().requires_grad_(True) for a in float_args)
     value = projection(wrapper(*leaves))
     grads = torch.autograd.grad(value, [p for _, p in params] + list(leaves), allow_unused=True)

@@ -16,6 +16,7 @@ from .directions import measure, probe_directions
 from .evaluator import Target, rounding_noise
 from .gradcheck import Checked, compare, summarize
 from .loss import LossFn
+from .rng import RngState
 from .working_copy import WorkingCopy
 
 
@@ -28,6 +29,7 @@ class GradientDotEvaluator:
         gen = torch.Generator().manual_seed(seed + 31337)
         self.w = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in self.params.items()}
         self.evaluations = 0
+        self.rng_state = RngState.seeded(seed)
         self.floor_noise = False  # measured in full: no screening pass here
         value, grads = self._s({}, create_graph=False)
         self.base_loss = float(value)
@@ -35,7 +37,7 @@ class GradientDotEvaluator:
 
     def _s(self, overrides: dict[str, torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, dict]:
         params = {n: overrides.get(n, p).detach().requires_grad_(True) for n, p in self.params.items()}
-        torch.default_generator.manual_seed(self.seed)
+        self.rng_state.restore()
         out = functional_call(self.work.module, params, self.work.inputs, strict=False)
         value = self.loss(out, *self.work.inputs)
         grads = torch.autograd.grad(value, list(params.values()), allow_unused=True, create_graph=create_graph)

@@ -19,6 +19,7 @@ from torch import nn
 from ..options import CheckOptions
 from .loss import LossFn, RandomProjection, float_leaves
 from .reference_dtype import KeepFloat64
+from .rng import RngState
 
 
 class CheckError(ValueError):
@@ -177,7 +178,7 @@ def _trial(
 
     handles = [m.register_forward_hook(record) for m in module.modules()]
     try:
-        torch.manual_seed(seed)
+        RngState.seeded(seed).restore()
         args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
         out = module(*args)
         if not any(True for _ in float_leaves(out)):
