@@ -30,8 +30,18 @@ def measure(
     evaluator: LossEvaluator, target: Target, directions: torch.Tensor, dtype: torch.dtype, step_factor: float = 1.0
 ) -> Measured:
     """Finite-difference derivative of the loss along each row of ``directions`` (shape [m, *target.shape])."""
+    dtype = evaluator.arithmetic_dtype(target, dtype)
     step = base_step(dtype) * step_factor
     diffs, suspicious = _measure_at(evaluator, target, directions, step, dtype)
+    if dtype == torch.float64 and not evaluator.floor_noise and 2 * int(suspicious.sum()) > suspicious.numel():
+        # Most directions look like kinks: either the function is kinked everywhere, or a kernel rounds to float32
+        # below a float64-sized step (its output moves in float32 quanta, too coarse for the noise measurement to
+        # see). Steps sized for float32 tell them apart: a smooth function computed in float32 is smooth there.
+        coarse_step = base_step(torch.float32) * step_factor
+        coarse, coarse_suspicious = _measure_at(evaluator, target, directions, coarse_step, torch.float32)
+        if 2 * int(coarse_suspicious.sum()) < int(suspicious.sum()):
+            evaluator.reduced_precision[target.name] = torch.float32
+            dtype, step, diffs, suspicious = torch.float32, coarse_step, coarse, coarse_suspicious
     if bool(suspicious.any()):
         idx = suspicious.nonzero().flatten()
         refined, still = _measure_at(evaluator, target, directions[idx], step / REFINE_FACTOR, dtype)
@@ -141,6 +151,7 @@ def _measure_in_place(
 ) -> Measured:
     """:func:`measure_coordinates` for a large tensor: each coordinate perturbed in place (no dense deltas)."""
     scale = robust_scale(target.base)[flat_indices]
+    dtype = evaluator.arithmetic_dtype(target, dtype)
     step = base_step(dtype) * step_factor
 
     def at(idx: torch.Tensor, h: float) -> tuple[Differences, torch.Tensor]:

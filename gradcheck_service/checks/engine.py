@@ -16,7 +16,7 @@ from ..options import CheckOptions
 from ..report import Environment, GradientCheck, Localization, ModelInfo, Report, TensorCheck, Timings
 from .analytic import AnalyticPass, run_analytic
 from .callables import as_module, differentiable_inputs, require_checkable
-from .evaluator import LossEvaluator, Target
+from .evaluator import LossEvaluator, Target, precision_note
 from .gradcheck import Checked, check_tensor, no_gradient_by_design
 from .linear_layers import check_linear_layers
 from .loss import LossFn, resolve_loss
@@ -61,29 +61,30 @@ def check(
     timings = Timings()
     loss = resolve_loss(loss_fn, opts.seed)
 
-    with isolated_randomness(), working_model(model, inputs_tuple, loss, opts) as work:
-        with work.reference():
+    with isolated_randomness(), working_model(model, inputs_tuple, loss, opts) as work, work.reference():
+        t0 = time.perf_counter()
+        gradient_check, analytic, evaluator = run_gradient_check(work, loss, opts, report_progress)
+        if evaluator.reduced_precision:
+            gradient_check.notes.append("finite differences through the whole model" + precision_note(evaluator))
+        timings.gradient_check_s = time.perf_counter() - t0
+        localization = Localization(performed=False)
+        if not gradient_check.passed and opts.localize:
+            from .localize import localize
+
             t0 = time.perf_counter()
-            gradient_check, analytic, evaluator = run_gradient_check(work, loss, opts, report_progress)
-            timings.gradient_check_s = time.perf_counter() - t0
-            localization = Localization(performed=False)
-            if not gradient_check.passed and opts.localize:
-                from .localize import localize
+            report_progress("localization", 0.0)
+            composition = gradient_check.composition
+            root_failed = None
+            if composition is not None and not composition.passed:
+                root_failed = (f"joint probes through the whole model failed (rel err "
+                               f"{composition.max_rel_error:.2e})")
+            localization = localize(work, loss, opts, analytic, root_failed)
+            timings.localization_s = time.perf_counter() - t0
+        if opts.order == 2:
+            from .second_order import check_second_order
 
-                t0 = time.perf_counter()
-                report_progress("localization", 0.0)
-                composition = gradient_check.composition
-                root_failed = None
-                if composition is not None and not composition.passed:
-                    root_failed = (f"joint probes through the whole model failed (rel err "
-                                   f"{composition.max_rel_error:.2e})")
-                localization = localize(work, loss, opts, analytic, root_failed)
-                timings.localization_s = time.perf_counter() - t0
-            if opts.order == 2:
-                from .second_order import check_second_order
-
-                gradient_check.second_order = check_second_order(work, loss, opts)
-                gradient_check.passed &= all(t.passed for t in gradient_check.second_order)
+            gradient_check.second_order = check_second_order(work, loss, opts)
+            gradient_check.passed &= all(t.passed for t in gradient_check.second_order)
 
     with isolated_randomness():
         sections = measure_health_and_memory(model, differentiable_inputs(model, inputs_tuple), loss, opts, timings,

@@ -33,6 +33,8 @@ SEQUENTIAL_TARGET_BYTES = 64 * 2**20
 # Up to this many evaluations at once (a tensor's probes) run one by one: no vmap to set up or verify, and no
 # batching rule to need (cross-entropy's under vmap imports sympy on first use, 0.4 s in a fresh process).
 FEW_EVALUATIONS = 8
+# Rounding noise up to this many machine epsilons of a precision (relative to the loss) is that precision's own.
+NOISE_EPS_MARGIN = 64.0
 # Entries of a tensor whose median sets the floor of its step scale (robust_scale).
 MEDIAN_SAMPLE = 65536
 # From this many elements on, single coordinates are perturbed in place, one evaluation at a time, instead of as
@@ -65,6 +67,15 @@ def rounding_noise(
     k = NOISE_DIRECTIONS
     residual = values[2 * k : 3 * k] - values[3 * k :] - 2 * (values[:k] - values[k : 2 * k])
     return float(residual.pow(2).mean().div(10).sqrt())
+
+
+def precision_note(evaluator: LossEvaluator) -> str:
+    """'; steps for float32 ...' where the evaluator found arithmetic below float64 (else empty)."""
+    found = sorted({str(d).removeprefix("torch.") for d in evaluator.reduced_precision.values()})
+    if not found:
+        return ""
+    return (f"; steps sized for {' and '.join(found)}: the loss's rounding shows arithmetic at that precision "
+            "inside the float64 model (a kernel computing in its own dtype)")
 
 
 def _moved(base: torch.Tensor, delta: torch.Tensor, coefficient: float | torch.Tensor) -> torch.Tensor:
@@ -144,6 +155,8 @@ class LossEvaluator:
         # floor_noise: take the noise as zero, leaving only the roundoff floor (see check_tensor).
         self.share_noise = False
         self.floor_noise = False
+        # Targets whose loss shows rounding noise of a lower precision than float64 (see arithmetic_dtype).
+        self.reduced_precision: dict[str, torch.dtype] = {}
         activation_bytes = self._measure_activation_bytes()
         self.chunk_size = max(1, min(chunk_size, memory_budget_bytes // max(activation_bytes, 1)))
         self.base_loss = float(self.loss())
@@ -212,6 +225,25 @@ class LossEvaluator:
         if target.key not in self._noise:
             self._noise[target.key] = rounding_noise(self.losses, target, self.seed)
         return self._noise[target.key]
+
+    def arithmetic_dtype(self, target: Target, dtype: torch.dtype) -> torch.dtype:
+        """The precision the loss is really computed in when ``target`` moves, judged by its measured rounding noise.
+
+        A kernel that computes in float32 whatever its inputs (a fused Triton or C++ kernel, NumPy in float32)
+        leaves float32 rounding in a float64 model. Steps sized for float64 then measure that rounding instead of
+        the derivative, and the tolerance grows with it until a 50 % error passes; steps sized for the precision
+        the noise shows keep the comparison sharp. The screening pass (noise taken as zero) keeps float64 steps:
+        it can only pass cleanly, so a noisy kernel goes on to the full measurement, where this decides.
+        """
+        if dtype != torch.float64 or self.floor_noise:
+            return dtype
+        relative = self.noise(target) / max(self.loss_scale, 1e-300)
+        for candidate in (torch.float64, torch.float32, torch.bfloat16):
+            if relative <= NOISE_EPS_MARGIN * torch.finfo(candidate).eps:
+                break
+        if candidate != torch.float64:
+            self.reduced_precision[target.name] = candidate
+        return candidate
 
     def loss(self) -> torch.Tensor:
         with torch.no_grad():

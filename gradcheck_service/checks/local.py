@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_unflatten
 from ..options import CheckOptions
 from ..report import TensorCheck
 from .directions import Measured, probe_directions
-from .evaluator import LossEvaluator, Target, robust_scale
+from .evaluator import LossEvaluator, Target, precision_note, robust_scale
 from .gradcheck import (
     Checked,
     check_tensor,
@@ -125,6 +125,7 @@ def _check_own_parameters(
         results.update(together)
     for result in results.values():
         result.method = method + (f"; {result.method}" if result.method.startswith("probed together") else "")
+        result.method += precision_note(evaluator)
         result.scope = "local"
     return results, evaluator.evaluations
 
