@@ -10,6 +10,7 @@ from torch import nn
 
 from ..options import CheckOptions
 from .gradcheck import is_linear_in_parameters
+from .layers import dense
 from .loss import LossFn
 from .rng import RngState
 from .working_copy import CheckError, WorkingCopy, relocated
@@ -81,7 +82,8 @@ def _training_gradients(value: torch.Tensor, wrt: list[torch.Tensor]) -> list[to
         t.grad = None
     if value.requires_grad:
         value.backward()
-    return [None if t.grad is None else t.grad.detach() for t in wrt]
+    return [None if t.grad is None else dense(t.grad) for t in wrt]
+
 
 
 def _recorder(name: str, calls: dict[str, list[LayerCall]]) -> Callable[..., None]:

@@ -19,7 +19,7 @@ from ..options import HealthThresholds
 from .diagnosis import Diagnosis, diagnose
 from .findings import Finding
 from .gradient_stats import GradientNorms, InputGradient, LayerSignal, ParameterGradient, ReluActivity
-from .layers import DEAD_RELU_TYPES, grad_leaves, is_layer
+from .layers import DEAD_RELU_TYPES, dense, grad_leaves, is_layer
 from .model_state import model_device, preserved, seeded
 from .tracking import untracked
 
@@ -104,7 +104,7 @@ def _parameter_gradients(model: nn.Module) -> list[ParameterGradient]:
             norm = max_abs = mean_abs = 0.0
             nan_count = inf_count = 0
         else:
-            norm, max_abs, mean_abs, nan_count, inf_count = _finite_stats(p.grad)
+            norm, max_abs, mean_abs, nan_count, inf_count = _finite_stats(dense(p.grad))
         rows.append(ParameterGradient(
             name=name, shape=list(p.shape), numel=p.numel(), has_gradient=p.grad is not None, l2_norm=norm,
             max_abs=max_abs, mean_abs=mean_abs, nan_count=nan_count, inf_count=inf_count, weight_norm=weight_norm,

@@ -44,3 +44,8 @@ def named_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 def grad_leaves(output: Any) -> list[torch.Tensor]:
     """Floating-point tensors of a (nested) module output that autograd will send a gradient to."""
     return [leaf for leaf in float_leaves(output) if leaf.requires_grad]
+
+
+def dense(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient as a dense tensor: a sparse one (``Embedding(sparse=True)``) compares coordinate by coordinate."""
+    return grad.detach().to_dense() if grad.is_sparse else grad.detach()

@@ -42,6 +42,7 @@ from .gradcheck import (
     probe_together,
     summarize,
 )
+from .layers import dense
 from .localize import ModuleCall, ReplayError, _CallAt, _Projection, record_calls
 from .loss import LossFn
 from .working_copy import WorkingCopy
@@ -89,7 +90,7 @@ def _check_own_parameters(
     with torch.enable_grad():
         leaves = tuple(a.detach().requires_grad_(True) for a in float_args)
         value = projection(wrapper(*leaves))
-        grads = torch.autograd.grad(value, params, allow_unused=True)
+        grads = tuple(None if g is None else dense(g) for g in torch.autograd.grad(value, params, allow_unused=True))
     exact = _stock_linear_probes(rec, own, grads, names, opts, dtype)
     if exact is not None and all(t.passed for t in exact.values()):
         return exact, 0

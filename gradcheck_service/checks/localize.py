@@ -27,6 +27,7 @@ from ..report import Localization, ModuleCheck
 from .analytic import AnalyticPass
 from .evaluator import LossEvaluator, Target
 from .gradcheck import Checked, no_gradient_by_design, probe_together
+from .layers import dense
 from .loss import LossFn, float_leaves
 from .rng import RngState
 from .working_copy import WorkingCopy
@@ -216,7 +217,8 @@ def check_call(rec: ModuleCall, opts: CheckOptions, dtype: torch.dtype) -> Modul
     rec.rng_state.restore()
     leaves = tuple(a.detach().requires_grad_(True) for a in float_args)
     value = projection(wrapper(*leaves))
-    grads = torch.autograd.grad(value, [p for _, p in params] + list(leaves), allow_unused=True)
+    grads = [None if g is None else dense(g)
+             for g in torch.autograd.grad(value, [p for _, p in params] + list(leaves), allow_unused=True)]
     evaluator = LossEvaluator(wrapper, float_args, projection, opts.seed, chunk_size=opts.chunk_size,
                               rng_state=rec.rng_state)
     if abs(float(value.detach()) - evaluator.base_loss) > 1e-6 * max(evaluator.loss_scale, 1e-30):

@@ -194,9 +194,8 @@ def _trial(
             shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CheckError(f"loss_fn must return a scalar tensor, got {shape}")
         seen.add(value.dtype)
-        wrt = [p for p in module.parameters() if p.requires_grad] + [a for a in args if a.requires_grad]
-        if value.requires_grad and wrt:
-            torch.autograd.grad(value, wrt, allow_unused=True)
+        if value.requires_grad:
+            value.backward()  # as training does: reentrant checkpointing refuses torch.autograd.grad
     finally:
         for h in handles:
             h.remove()

@@ -1,0 +1,105 @@
+"""Everyday training code checked as it trains: lazy caches, checkpointing, old parametrizations, sparse gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.utils.prune
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from gradcheck_service import check
+from tests.fixtures import hf_models, lazy_rotary
+
+
+@pytest.fixture
+def rotation() -> Iterator[None]:
+    yield
+    lazy_rotary.ROTATION = "right"
+
+
+def _compared_everything(report) -> bool:  # type: ignore[no-untyped-def]
+    gc = report.gradient_check
+    return gc.dtype == "float64" and all(not t.unused and t.coordinates_checked + t.probes > 0 for t in gc.parameters)
+
+
+def test_a_lazily_built_rotary_cache_is_part_of_every_evaluation() -> None:
+    model, x = lazy_rotary.build()
+    report = check(model, x, health=False, memory=False)
+    assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
+    assert _compared_everything(report)
+    # the user's module is left as it was: no cache filled behind its back, float32 throughout
+    assert model.rotary.cached_freqs_seq_len == 0 and model.rotary.cached_freqs.numel() == 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_detach_inside_the_rotation_fails_and_names_the_attention_module(rotation: None) -> None:
+    lazy_rotary.ROTATION = "detached"
+    model, x = lazy_rotary.build()
+    model.rotary(x.shape[1])  # the cache already filled, as after a first training step
+    report = check(model, x, health=False, memory=False)
+    assert report.verdict == "failed"
+    assert report.localization.faulty_modules == [""]  # the attention (the root here) applies the rotation
+    assert {"qkv.weight", "qkv.bias"} <= {t.name for t in report.gradient_check.parameters if not t.passed}
+
+
+class CheckpointedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.block = nn.Sequential(nn.Linear(6, 6), nn.GELU(), nn.Linear(6, 6))
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(checkpoint(self.block, self.inp(x), use_reentrant=True))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_block_under_reentrant_checkpointing_is_checked_as_it_trains() -> None:
+    torch.manual_seed(0)
+    report = check(CheckpointedBlock(), torch.randn(3, 4), health=False, memory=False)
+    assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
+    assert _compared_everything(report)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_transformers_model_with_reentrant_gradient_checkpointing_passes() -> None:
+    model, inputs, loss_fn = hf_models.gpt2()
+    model.inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    model.train()
+    report = check(model, inputs, loss_fn, health=False, memory=False)
+    assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
+    assert _compared_everything(report)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
+def test_old_style_weight_norm_and_pruned_linears_are_checked() -> None:
+    torch.manual_seed(0)
+    pruned = nn.Linear(5, 5)
+    torch.nn.utils.prune.l1_unstructured(pruned, "weight", amount=0.4)
+    model = nn.Sequential(nn.utils.weight_norm(nn.Linear(4, 5)), nn.Tanh(), pruned, nn.Tanh(), nn.Linear(5, 2))
+    report = check(model, torch.randn(3, 4), health=False, memory=False)
+    assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
+    names = {t.name for t in report.gradient_check.parameters}
+    assert {"0.weight_g", "0.weight_v", "2.weight_orig"} <= names
+    assert _compared_everything(report)
+
+
+class SparseEmbeddings(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(10, 4, sparse=True)
+        self.bag = nn.EmbeddingBag(10, 4, mode="sum", sparse=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tokens(idx).sum(1) + self.bag(idx))
+
+
+def test_sparse_embedding_gradients_are_compared_as_dense() -> None:
+    torch.manual_seed(0)
+    report = check(SparseEmbeddings(), torch.randint(0, 10, (3, 5)))
+    assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
+    assert _compared_everything(report)
