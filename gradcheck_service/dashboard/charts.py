@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 BLUE, ORANGE, RED, GREEN, GREY, PURPLE = "#2563eb", "#ea580c", "#dc2626", "#16a34a", "#64748b", "#7c3aed"
-STATUS_COLORS = {"passed": GREEN, "failed": RED, "error": ORANGE, "queued": GREY, "running": BLUE}
+STATUS_COLORS = {"passed": GREEN, "failed": RED, "inconclusive": PURPLE, "error": ORANGE, "queued": GREY,
+                 "running": BLUE}
 ROW_PX = 22  # height of one bar in horizontal bar charts, pixels
 
 ChartSpec = dict[str, Any]
