@@ -154,7 +154,7 @@ def ci(config_file: Path | None, server: str | None, token: str | None, junit_fi
         for result in results:
             if result.report is not None:
                 (saved / f"{_safe_name(result.name)}.json").write_text(result.report.to_json(), encoding="utf-8")
-    click.echo(markdown_summary(outcome))
+    click.echo(markdown_summary(outcome), nl=False)  # it ends with its own newline
     sys.exit(outcome.exit_code)
 
 

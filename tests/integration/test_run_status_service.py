@@ -107,7 +107,7 @@ def test_an_inconclusive_check_is_stored_listed_shown_and_exits_as_check_does(se
     banner = page.split('id="verdict"', 1)[1].split("</section>", 1)[0]
     assert 'data-status="inconclusive"' in page and "banner-inconclusive" in page
     assert "Inconclusive" in banner and "not reproducible" in banner
-    listing = server.page("/runs?status=inconclusive")
+    listing = server.page("/?status=inconclusive")
     assert run["id"][:8] in listing and "verdict-inconclusive" in listing
 
 
