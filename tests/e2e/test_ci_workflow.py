@@ -114,6 +114,15 @@ def test_the_workflow_installs_a_pinned_revision_not_a_package_no_index_has() ->
         assert not [line for line in installs if line.split()[-1] == "gradcheck-service"], installs
 
 
+def test_the_gitlab_template_installs_the_same_pinned_revision() -> None:
+    text = (ROOT / "deploy" / "ci" / "gitlab-ci.yml").read_text()
+    template = yaml.safe_load(text)[".gradcheck"]
+    github = yaml.safe_load(WORKFLOW.read_text())["env"]["GRADCHECK_PACKAGE"]
+    assert template["variables"]["GRADCHECK_PACKAGE"] == github
+    assert 'pip install -q "$GRADCHECK_PACKAGE"' in template["before_script"]
+    assert not [line for line in text.splitlines() if line.rstrip().endswith("pip install -q gradcheck-service")]
+
+
 def test_the_local_job_installs_and_gates_a_tiny_repository(tmp_path: Path) -> None:
     job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["local"]
     install, gate = _run_steps(job)
