@@ -1,8 +1,8 @@
 """State changes of a run made by workers and the reaper; each one commits on its own.
 
-A run moves ``queued -> running -> passed|failed|inconclusive|error``. Every start of a run increments ``attempts`` in its own
-committed transaction *before* any work, so a job that kills its worker is counted even though the worker never
-got to write anything else; past ``max_attempts`` it ends as ``error`` instead of looping.
+A run moves ``queued -> running -> passed|failed|inconclusive|error``. Every start of a run increments ``attempts``
+in its own committed transaction *before* any work, so a job that kills its worker is counted even though the
+worker never got to write anything else; past ``max_attempts`` it ends as ``error`` instead of looping.
 
 Each start also writes a fresh ``claim`` token. Heartbeats and the final write only succeed for the current claim,
 so when a run is delivered twice (a reaped run whose old message comes back), only one report is ever stored.
