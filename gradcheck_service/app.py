@@ -7,8 +7,10 @@ import importlib.util
 from typing import Any
 
 from flask import Blueprint, Flask
+from flask.json.provider import DefaultJSONProvider
 
 from . import config as service_config
+from . import strict_json
 from .extensions import celery_init_app, store
 
 
@@ -24,7 +26,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.from_mapping(test_config)
     service_config.finalize(app.config)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = StrictJSONProvider(app)
 
     store.configure(app.config["DATABASE_URL"])
     app.teardown_appcontext(lambda _exc: store.session.remove())
@@ -43,6 +45,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if dashboard is not None:
         app.register_blueprint(dashboard)
     return app
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Every JSON answer is strict JSON: a NaN or infinite float (in a report, in stored options) is written as the
+    string "NaN", "Infinity" or "-Infinity", as in the reports themselves; keys keep their order."""
+
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return super().dumps(strict_json.encode_non_finite(obj), allow_nan=False, **kwargs)
 
 
 def _optional_blueprint(module_name: str) -> Blueprint | None:

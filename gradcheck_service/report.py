@@ -1,27 +1,31 @@
 """The versioned report of one check and its JSON Schema.
 
 Everything downstream (CLI, service database, dashboard, CI gate) reads this model, so fields are only ever added;
-a change that removes or renames one bumps ``SCHEMA_VERSION``'s major number.
+a change that removes or renames one bumps ``SCHEMA_VERSION``'s major number. Its JSON is strict: a non-finite
+float is written as the string "NaN", "Infinity" or "-Infinity" and read back as the float (see ``strict_json``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from .checks.health import Diagnosis, GradientNorms
 from .checks.memory import MemoryProfile
 from .options import CheckOptions
+from .strict_json import NON_FINITE_STRINGS, REPORT_MODEL_CONFIG
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "report.schema.json"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
 
 class Coordinate(_Model):
@@ -187,9 +191,23 @@ class Report(_Model):
     def to_json(self, indent: int | None = 2) -> str:
         return self.model_dump_json(indent=indent)
 
+    def to_jsonable(self) -> dict[str, Any]:
+        """The report as plain JSON data (what the service stores), non-finite floats as their strings.
+
+        ``model_dump(mode="json")`` would keep NaN and infinities as floats, which a JSON column cannot hold."""
+        return dict(json.loads(self.model_dump_json()))
+
+
+class _StrictJsonSchema(GenerateJsonSchema):
+    """Float fields accept the strings a non-finite value is written as, so a report with NaN validates."""
+
+    def float_schema(self, schema: core_schema.FloatSchema) -> JsonSchemaValue:
+        number = super().float_schema(schema)
+        return {"anyOf": [number, {"enum": list(NON_FINITE_STRINGS)}]}
+
 
 def report_json_schema() -> dict:
-    return Report.model_json_schema()
+    return Report.model_json_schema(schema_generator=_StrictJsonSchema)
 
 
 def write_json_schema(path: Path = SCHEMA_PATH) -> None:

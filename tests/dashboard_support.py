@@ -61,7 +61,7 @@ def _report(kind: str, source: str, options_json: str) -> dict[str, Any]:
             path.write_text(source)
             definition = load_python_file(path)
     report = check(definition.module, definition.inputs, definition.loss_fn, name=definition.name, **options)
-    return report.model_dump(mode="json")
+    return report.to_jsonable()
 
 
 def real_report(kind: str, source: str, options: dict[str, Any]) -> dict[str, Any]:

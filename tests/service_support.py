@@ -82,7 +82,7 @@ def real_report(spec_data: dict[str, Any] | None = None, **options: Any) -> dict
 
     definition = build_from_spec(spec_data or TINY_SPEC)
     report = check(definition.module, definition.inputs, definition.loss_fn, name=definition.name, **options)
-    return report.model_dump(mode="json")
+    return report.to_jsonable()
 
 
 def free_port() -> int:

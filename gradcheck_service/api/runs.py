@@ -17,7 +17,7 @@ from ..extensions import RUN_TASK, gpu_workers_expected, queue_for_device, store
 from ..store import queries
 from ..store.compare import compare_runs
 from ..store.lifecycle import fail_run
-from ..store.models import Run, RunFile, RunLabel, RunReport
+from ..store.models import RUN_STATUSES, Run, RunFile, RunLabel, RunReport
 from . import bp
 from .errors import ApiError, validation_error
 from .limits import check_queue_quota
@@ -166,10 +166,9 @@ def list_runs() -> ResponseReturnValue:
     except ValidationError as exc:
         raise validation_error([(p.replace("$.", "query.", 1), m) for p, m in _pydantic_problems(exc, [])]) from None
     statuses = [s.strip() for s in (query.status or "").split(",") if s.strip()]
-    bad = [s for s in statuses if s not in ("queued", "running", "passed", "failed", "error")]
+    bad = [s for s in statuses if s not in RUN_STATUSES]
     if bad:
-        raise validation_error([("query.status", f"unknown status {bad[0]!r} (queued, running, passed, failed, "
-                                 "error)")])
+        raise validation_error([("query.status", f"unknown status {bad[0]!r} ({', '.join(RUN_STATUSES)})")])
     filters = queries.RunFilters(model=query.model, status=statuses, branch=query.branch, commit=query.commit,
                                  label=query.label, since=_utc(query.since), until=_utc(query.until),
                                  passed=query.passed)

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from ..options import CheckOptions
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/=+@-]+$")]
-Status = Literal["queued", "running", "passed", "failed", "error"]
+# A run's status (store.models.RUN_STATUSES): inconclusive is a finished check whose report's verdict is
+# inconclusive (nothing wrong found, too little compared to call it passed).
+Status = Literal["queued", "running", "passed", "failed", "inconclusive", "error"]
 
 
 class _Strict(BaseModel):
@@ -48,13 +50,15 @@ class RunQuery(_Strict):
     """Filters of ``GET /api/v1/runs`` (query parameters); all optional and combined with AND."""
 
     model: str | None = None
-    status: str | None = Field(None, description="One status or several separated by commas.")
+    status: str | None = Field(None, description="One status or several separated by commas: queued, running, "
+                               "passed, failed, inconclusive, error.")
     branch: str | None = None
     commit: str | None = None
     label: str | None = None
     since: dt.datetime | None = Field(None, description="Created at or after (ISO 8601; UTC when no offset).")
     until: dt.datetime | None = Field(None, description="Created before (ISO 8601; UTC when no offset).")
-    passed: bool | None = None
+    passed: bool | None = Field(None, description="true: status passed; false: status failed (an inconclusive "
+                                "run is neither; filter it with status=inconclusive).")
     limit: Annotated[int, Field(ge=1, le=500)] | None = None
     cursor: str | None = Field(None, description="next_cursor of the previous page.")
 
@@ -75,6 +79,8 @@ class RunSummary(BaseModel):
     passed: bool
     faulty_modules: list[str]
     failed_because: list[str]
+    inconclusive_because: list[str] = Field(default_factory=list, description="Why the verdict is inconclusive "
+                                            "(status inconclusive): nothing wrong found, too little compared.")
     diagnosis: list[str]
     total_gradient_norm: float | None
     parameter_bytes: int | None

@@ -16,6 +16,7 @@ def summary(report: RunReport) -> dict[str, Any]:
         "passed": report.passed,
         "faulty_modules": report.faulty_modules,
         "failed_because": report.failed_because,
+        "inconclusive_because": report.inconclusive_because,
         "diagnosis": report.diagnosis,
         "total_gradient_norm": report.total_gradient_norm,
         "parameter_bytes": report.parameter_bytes,

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import nn
 
+from ..strict_json import REPORT_MODEL_CONFIG
 from .allocations import StepMeasurement, measure_step
 from .model_state import clear_grads, seeded
 
@@ -20,7 +21,7 @@ LossFn = Callable[..., torch.Tensor]
 
 
 class BatchScaling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
     possible: bool
     reason: str | None = Field(None, description="Why batch scaling could not be measured.")

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import nn
 
+from ..strict_json import REPORT_MODEL_CONFIG
 from .allocations import StepMeasurement, checkpointed_blocks, measure_step, timed_step
 from .findings import Finding
 from .model_state import clear_grads, seeded
@@ -27,7 +28,7 @@ MISMATCH_EPS_MULTIPLE = 16  # allowed |difference| = 16 eps(dtype) x max|g|: roo
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
 
 class CheckpointCandidate(_Model):

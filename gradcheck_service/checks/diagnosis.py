@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ..options import HealthThresholds
+from ..strict_json import REPORT_MODEL_CONFIG
 from .findings import Finding, one_significant_figure
 from .gradient_stats import GradientNorms, LayerSignal
 
@@ -23,7 +24,7 @@ _SATURATING = {"Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Softsign", "LogSig
 class Diagnosis(BaseModel):
     """The ``diagnosis`` report section: booleans a CI gate can test, and findings a person can act on."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
     vanishing: bool = False
     exploding: bool = False

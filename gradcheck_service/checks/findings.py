@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from ..strict_json import REPORT_MODEL_CONFIG
 
 FindingKind = Literal[
     "vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint_mismatch", "precision", "underflow"
@@ -15,7 +17,7 @@ FindingKind = Literal[
 class Finding(BaseModel):
     """A problem found in the gradient flow or the memory profile, in words a user can act on."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
     kind: FindingKind
     where: str = Field(description="Qualified module or parameter name ('' is the whole model).")

@@ -4,11 +4,13 @@ backward signal through depth) and per ReLU. :mod:`.health` measures them; :mod:
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from ..strict_json import REPORT_MODEL_CONFIG
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
 
 class ParameterGradient(_Model):

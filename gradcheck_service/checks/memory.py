@@ -11,10 +11,11 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import nn
 
 from ..options import CheckOptions
+from ..strict_json import REPORT_MODEL_CONFIG
 from .allocations import distinct_storage_bytes, measure_step, timed_step
 from .batch_scaling import BatchScaling, batch_size_of, measure_batch_scaling
 from .checkpointing import CheckpointingPlan, plan_checkpointing
@@ -28,7 +29,7 @@ LossFn = Callable[..., torch.Tensor]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
 
 class ModuleActivation(_Model):

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import nn
 
 from ..options import HealthThresholds
+from ..strict_json import REPORT_MODEL_CONFIG
 from .findings import Finding
 from .health import compute_loss
 from .model_state import clear_grads, seeded
@@ -29,7 +30,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class PrecisionParameter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
     name: str
     numel: int
@@ -42,7 +43,7 @@ class PrecisionParameter(BaseModel):
 
 
 class PrecisionComparison(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REPORT_MODEL_CONFIG
 
     autocast_dtype: Literal["bf16", "fp16"]
     model_dtype: str

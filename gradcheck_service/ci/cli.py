@@ -81,11 +81,13 @@ def _config_path(value: str | None, root: Path, configured: str | None) -> Path 
 @click.option("--commit", help="Override the detected commit.")
 @click.option("--timeout", "wait_s", type=click.FloatRange(min=1), default=1800.0, show_default=True,
               help="With --server: seconds to wait for all runs.")
+@click.option("--allow-inconclusive", is_flag=True, help="Do not fail the job for a model whose verdict is "
+              "inconclusive (nothing wrong found, too little compared); by default it exits 1, as check does.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
 def ci(config_file: Path | None, server: str | None, token: str | None, junit_file: str | None,
        summary_file: str | None, output_file: str | None, report_dir: str | None, baseline_path: Path | None,
        base_branch: str | None, fail_on: str | None, mode: str | None, only: tuple[str, ...], repo: str | None,
-       branch: str | None, commit: str | None, wait_s: float, debug: bool) -> None:
+       branch: str | None, commit: str | None, wait_s: float, allow_inconclusive: bool, debug: bool) -> None:
     """Check every model configured in this repository (locally, or through --server) and gate the build."""
     from .baseline import BaselineError, load_baselines
     from .client import ServiceClient
@@ -133,7 +135,7 @@ def ci(config_file: Path | None, server: str | None, token: str | None, junit_fi
         return
     apply_baselines(results, baselines, config)
     outcome = CiResult(mode="server" if server else "local", server=server, git=git, base_branch=base,
-                       models=results)
+                       models=results, allow_inconclusive=allow_inconclusive)
 
     junit_path = _config_path(junit_file, root, config.junit)
     if junit_path:
@@ -152,7 +154,7 @@ def ci(config_file: Path | None, server: str | None, token: str | None, junit_fi
         for result in results:
             if result.report is not None:
                 (saved / f"{_safe_name(result.name)}.json").write_text(result.report.to_json(), encoding="utf-8")
-    click.echo(markdown_summary(outcome))
+    click.echo(markdown_summary(outcome), nl=False)  # it ends with its own newline
     sys.exit(outcome.exit_code)
 
 

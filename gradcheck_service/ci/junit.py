@@ -15,10 +15,13 @@ from ..cli.render_health import human_bytes
 from ..report import Report
 from .describe import (
     blamed_modules,
+    comparison_label,
     failing_tensors,
+    faulty_modules,
     findings_lines,
     gradient_failure,
     module_line,
+    module_name,
     other_reasons,
     source_module,
 )
@@ -28,8 +31,9 @@ MEMORY_KINDS = ("checkpoint_mismatch", "precision", "underflow")
 
 
 class _Suite:
-    def __init__(self, result: ModelResult) -> None:
+    def __init__(self, result: ModelResult, allow_inconclusive: bool) -> None:
         self.result = result
+        self.allow_inconclusive = allow_inconclusive
         self.element = ET.Element("testsuite", name=result.name)
         self.counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
 
@@ -60,13 +64,18 @@ def _gradient_case(suite: _Suite, report: Report) -> None:
     case = suite.case("gradient check", report.timings.gradient_check_s)
     gc = report.gradient_check
     if failing_tensors(report):
-        text = gradient_failure(report)
         worst = failing_tensors(report)[0]
-        message = (f"{worst.kind} {worst.name}: max abs error {worst.max_abs_error:.3g}, max rel error "
+        message = (f"{comparison_label(worst, report)}: max abs error {worst.max_abs_error:.3g}, max rel error "
                    f"{worst.max_rel_error:.3g}")
         if report.localization.faulty_modules:
-            message += f"; faulty module {', '.join(report.localization.faulty_modules)}"
-        suite.fail(case, message, text)
+            message += f"; faulty module {faulty_modules(report)}"
+        suite.fail(case, message, gradient_failure(report))
+    elif report.verdict == "inconclusive":
+        reasons = "; ".join(report.inconclusive_because)
+        if suite.result.outcome == "inconclusive" and suite.allow_inconclusive:
+            suite.skip(case, f"inconclusive (allowed): {reasons}")
+        else:
+            suite.fail(case, f"inconclusive: {reasons}", "\n".join(report.inconclusive_because))
     else:
         suite.out(case, f"{len(gc.parameters)} parameters and {len(gc.inputs)} inputs match finite differences "
                   f"({gc.mode} mode, {gc.dtype}, {gc.evaluations} evaluations)")
@@ -78,10 +87,11 @@ def _localization_case(suite: _Suite, report: Report) -> None:
     if not loc.performed:
         suite.skip(case, "the gradient check passed: nothing to localize")
     elif loc.faulty_modules:
-        lines = [module_line(m) for m in blamed_modules(report)] or [f"module {m}" for m in loc.faulty_modules]
+        lines = [module_line(m) for m in blamed_modules(report)] or [f"module {module_name(m)}"
+                                                                      for m in loc.faulty_modules]
         sources = sorted({s for m in blamed_modules(report) if (s := source_module(m))})
         where = f" (defined in {', '.join(sources)})" if sources else ""
-        suite.fail(case, f"faulty module: {', '.join(loc.faulty_modules)}{where}", "\n".join(lines))
+        suite.fail(case, f"faulty module: {faulty_modules(report)}{where}", "\n".join(lines))
     else:
         suite.out(case, loc.note or "no module's own backward is wrong (the fault is between modules)")
 
@@ -129,8 +139,8 @@ def _baseline_case(suite: _Suite, result: ModelResult) -> None:
         suite.out(case, "\n".join(lines) if result.regressions else lines[0] + ": no regression")
 
 
-def _suite(result: ModelResult) -> ET.Element:
-    suite = _Suite(result)
+def _suite(result: ModelResult, allow_inconclusive: bool) -> ET.Element:
+    suite = _Suite(result, allow_inconclusive)
     report = result.report
     if report is None:
         case = suite.case("gradient check", result.duration_s)
@@ -158,7 +168,7 @@ def junit_xml(ci: CiResult) -> str:
     root = ET.Element("testsuites", name="gradcheck")
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for result in ci.models:
-        element = _suite(result)
+        element = _suite(result, ci.allow_inconclusive)
         root.append(element)
         for key in totals:
             totals[key] += int(element.get(key, "0"))

@@ -13,13 +13,14 @@ from .gitmeta import GitMeta
 EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ERROR = 0, 1, 2, 3
 RESULTS_SCHEMA = "gradcheck-ci/1"
 
-Status = Literal["passed", "failed", "error"]
+Status = Literal["passed", "failed", "inconclusive", "error"]
 
 
 class ModelResult(BaseModel):
     name: str
     path: str = Field(description="The model file or spec, relative to the repository root.")
-    status: Status = Field(description="The check's own verdict; 'error' when it could not run to the end.")
+    status: Status = Field(description="The check's own verdict (passed, failed, inconclusive); 'error' when it "
+                           "could not run to the end.")
     report: Report | None = None
     error: str | None = None
     run_id: str | None = None
@@ -48,6 +49,8 @@ class CiResult(BaseModel):
     git: GitMeta
     base_branch: str
     models: list[ModelResult]
+    allow_inconclusive: bool = Field(False, description="--allow-inconclusive: an inconclusive model does not fail "
+                                     "the job.")
 
     model_config = {"populate_by_name": True}
 
@@ -56,10 +59,12 @@ class CiResult(BaseModel):
 
     @property
     def exit_code(self) -> int:
-        """3 when any run ended in error (its verdict is unknown), else 1 when any failed, else 0."""
+        """3 when any run ended in error (its verdict is unknown), else 1 when any failed or was inconclusive
+        (not passing, as in ``check``; 0 for inconclusive with ``allow_inconclusive``), else 0."""
         if self.count("error"):
             return EXIT_ERROR
-        return EXIT_FAILED if self.count("failed") else EXIT_PASSED
+        not_passing = self.count("failed") + (0 if self.allow_inconclusive else self.count("inconclusive"))
+        return EXIT_FAILED if not_passing else EXIT_PASSED
 
     def to_json(self) -> str:
         # The baselines' own reports are left out: they are already stored where they came from.

@@ -23,7 +23,7 @@ from .gitmeta import GitMeta
 from .results import ModelResult, Status
 
 Echo = Callable[[str], None]
-_DONE = ("passed", "failed", "error")
+_DONE = ("passed", "failed", "inconclusive", "error")
 
 
 class ServerUnusable(Exception):
@@ -38,13 +38,14 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _status(report: Report) -> Status:
-    return "passed" if report.passed else "failed"
+    return report.verdict
 
 
 def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
     """Check every model in this process, one after the other."""
     from ..checks.working_copy import CheckError
     from ..definitions import DefinitionError, load_definition
+    from ..definitions.output_capture import CapturedOutput, output_or_none
     from ..definitions.pyfile import MissingModuleError
 
     root = config.source.parent
@@ -53,12 +54,16 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
         started = time.perf_counter()
         result = ModelResult(name=entry.name, path=_relative(entry.path, root), status="error",
                              fail_on_regression=entry.fail_on_regression)
+        # What the repository's code prints goes into the model's report, as with `check`: the job's stdout is
+        # the Markdown summary alone.
+        captured = CapturedOutput()
         try:
-            definition = load_definition(str(entry.path), import_roots(config))
-            from ..checks.engine import check
+            with captured:
+                definition = load_definition(str(entry.path), import_roots(config))
+                from ..checks.engine import check
 
-            report = check(definition.module, definition.inputs, definition.loss_fn, name=entry.name,
-                           options=entry.options)
+                report = check(definition.module, definition.inputs, definition.loss_fn, name=entry.name,
+                               options=entry.options)
         except MissingModuleError as exc:
             where = ", ".join(_relative(p, root) if p != root else ". (the repository root)"
                               for p in import_roots(config))
@@ -69,7 +74,10 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
         except Exception as exc:  # the repository's own code raised: that model errors, the others still run
             result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         else:
+            report.output = output_or_none(captured.text)
             result.report, result.status = report, _status(report)
+        finally:
+            captured.close()
         result.duration_s = time.perf_counter() - started
         echo(_progress_line(result))
         results.append(result)

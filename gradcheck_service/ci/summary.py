@@ -15,12 +15,14 @@ from .describe import (
     failing_tensors,
     findings_lines,
     gradient_failure,
+    module_name,
     other_reasons,
+    severity,
     source_module,
 )
 from .results import CiResult, ModelResult
 
-_ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "⚠️ error"}
+_ICON = {"passed": "✅ passed", "failed": "❌ failed", "inconclusive": "❔ inconclusive", "error": "⚠️ error"}
 
 
 def _cell(text: str) -> str:
@@ -28,14 +30,24 @@ def _cell(text: str) -> str:
 
 
 def _worst(result: ModelResult) -> str:
+    """The error that decided the verdict: the worst failing comparison (the joint probes when only they failed),
+    else a faulty module's own, else the largest of the passing tensors."""
     report = result.report
     if report is None:
         return "-"
+    failing = failing_tensors(report)
+    if failing:
+        worst = failing[0]
+        label = "joint probes" if worst is report.gradient_check.composition else worst.name
+        return f"{worst.max_rel_error:.2g} (`{label}`)"
+    blamed = sorted(blamed_modules(report), key=lambda m: severity(m.max_rel_error), reverse=True)
+    if blamed:
+        return f"{blamed[0].max_rel_error:.2g} (`{module_name(blamed[0].module)}`)"
     tensors = report.gradient_check.parameters + report.gradient_check.inputs
     if not tensors:
         return "-"
-    worst = max(tensors, key=lambda t: t.max_rel_error)
-    return f"{worst.max_rel_error:.2g} (`{worst.name}`)"
+    largest = max(tensors, key=lambda t: severity(t.max_rel_error))
+    return f"{largest.max_rel_error:.2g} (`{largest.name}`)"
 
 
 def _baseline_cell(result: ModelResult) -> str:
@@ -51,7 +63,7 @@ def _baseline_cell(result: ModelResult) -> str:
 def _faulty(report: Report, name: str) -> str:
     """'`act` (mylib.layers)': the faulty module and the repository module its class comes from."""
     sources = sorted({s for m in blamed_modules(report) if m.module == name and (s := source_module(m))})
-    return f"`{name}`" + (f" ({', '.join(sources)})" if sources else "")
+    return f"`{module_name(name)}`" + (f" ({', '.join(sources)})" if sources else "")
 
 
 def _row(result: ModelResult) -> str:
@@ -76,6 +88,7 @@ def _details(result: ModelResult) -> list[str]:
     if report is not None and failing_tensors(report):
         lines += ["```", gradient_failure(report), "```"]
     if report is not None:
+        lines += [f"- inconclusive: {reason}" for reason in report.inconclusive_because]
         lines += [f"- {reason}" for reason in other_reasons(report)]
         if other_reasons(report):
             lines += [f"  - {text}" for text in findings_lines(report)]
@@ -94,11 +107,15 @@ def _details(result: ModelResult) -> list[str]:
 
 def markdown_summary(ci: CiResult) -> str:
     passed, failed, errors = ci.count("passed"), ci.count("failed"), ci.count("error")
+    inconclusive = ci.count("inconclusive")
     total = len(ci.models)
     if errors:
         headline = f"⚠️ gradcheck: {errors} of {total} models ended in error"
     elif failed:
         headline = f"❌ gradcheck: {failed} of {total} models failed"
+    elif inconclusive:
+        allowed = " (allowed)" if ci.allow_inconclusive else ""
+        headline = f"❔ gradcheck: {inconclusive} of {total} models inconclusive{allowed}"
     else:
         headline = f"✅ gradcheck: all {total} models passed"
     git = ci.git
@@ -119,7 +136,7 @@ def markdown_summary(ci: CiResult) -> str:
     lines.append("")
     for result in ci.models:
         lines += _details(result)
-    lines.append(f"{passed} passed, {failed} failed, {errors} errors.")
+    lines.append(f"{passed} passed, {failed} failed, {inconclusive} inconclusive, {errors} errors.")
     return "\n".join(lines) + "\n"
 
 

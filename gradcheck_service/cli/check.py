@@ -107,8 +107,14 @@ def check_command(
         from .render import render_report
 
         click.echo(render_report(report))
+    sys.exit(verdict_exit_code(report.verdict, allow_inconclusive))
+
+
+def verdict_exit_code(verdict: str, allow_inconclusive: bool) -> int:
+    """The exit code of a finished check, as ``check`` and ``submit`` give it: 0 passed, 1 failed, and 1 for
+    inconclusive too (not passing: too little was compared) unless ``--allow-inconclusive``."""
     accepted = ("passed", "inconclusive") if allow_inconclusive else ("passed",)
-    sys.exit(EXIT_PASSED if report.verdict in accepted else EXIT_FAILED)
+    return EXIT_PASSED if verdict in accepted else EXIT_FAILED
 
 
 def import_roots() -> list[Path]:

@@ -1,7 +1,8 @@
 """``gradcheck-service submit``: send a model to a server, optionally wait, print the run.
 
-Exit codes as ``check``: 0 passed, 1 a check failed, 2 bad input (file, options, token, server unreachable),
-plus 3 when the run ended as ``error``. Without ``--wait`` it prints the run id and exits 0.
+Exit codes as ``check``: 0 passed, 1 a check failed or was inconclusive (0 with ``--allow-inconclusive``), 2 bad
+input (file, options, token, server unreachable), plus 3 when the run ended as ``error``. Without ``--wait`` it
+prints the run id and exits 0.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import click
 
 from ..ci.bundle import Bundle, bundle
 from ..ci.client import ServiceClient, ServiceError
+from .check import verdict_exit_code
 
-EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ERROR = 0, 1, 2, 3
+EXIT_BAD_INPUT, EXIT_ERROR = 2, 3
+VERDICTS = ("passed", "failed", "inconclusive")  # the statuses of a run that ended with a report
 
 
 def _describe(run: dict[str, Any]) -> str:
@@ -32,11 +35,18 @@ def _describe(run: dict[str, Any]) -> str:
     for item in (report.get("gradient_check") or {}).get("parameters", []) + \
             (report.get("gradient_check") or {}).get("inputs", []):
         if not item.get("passed"):
-            lines.append(f"  FAILED {item['name']}: max abs error {item['max_abs_error']:.3g}, "
-                         f"max rel error {item['max_rel_error']:.3g}")
+            lines.append(f"  FAILED {item['name']}: max abs error {_number(item['max_abs_error'])}, "
+                         f"max rel error {_number(item['max_rel_error'])}")
     if summary.get("failed_because"):
         lines.append("failed because: " + "; ".join(summary["failed_because"]))
+    if summary.get("inconclusive_because"):
+        lines.append("inconclusive because: " + "; ".join(summary["inconclusive_because"]))
     return "\n".join(lines)
+
+
+def _number(value: float | str) -> str:
+    """A figure of the report's JSON: a float, or a non-finite one written as "NaN"/"Infinity"/"-Infinity"."""
+    return value if isinstance(value, str) else f"{value:.3g}"
 
 
 @click.command("submit")
@@ -56,13 +66,15 @@ def _describe(run: dict[str, Any]) -> str:
 @click.option("--commit", default=None)
 @click.option("--label", "labels", multiple=True, help="Repeatable.")
 @click.option("--timeout", type=float, default=None, help="Wall-time limit of the check, seconds.")
+@click.option("--allow-inconclusive", is_flag=True, help="With --wait: exit 0 when the run is inconclusive (nothing "
+              "wrong found, but too little compared to call it passed); by default inconclusive exits 1, as in check.")
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between status polls.")
 @click.option("--include", "include", multiple=True, help="A repository file or glob to send with a .py model "
               "file besides the ones it imports (repeatable).")
 def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool, mode: str | None,
            device: str | None, order: str | None, seed: int | None, options_json: str | None, name: str | None,
            repo: str | None, branch: str | None, commit: str | None, labels: tuple[str, ...],
-           timeout: float | None, poll: float, include: tuple[str, ...]) -> None:
+           timeout: float | None, allow_inconclusive: bool, poll: float, include: tuple[str, ...]) -> None:
     """Submit PATH (a .py model file or a .json spec) to a gradcheck-service server.
 
     A .py file is sent with the repository files it imports, as an archive rooted at the repository: the folder
@@ -110,7 +122,7 @@ def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool
         bad(str(exc))
         return
     click.echo(json.dumps(run, indent=2) if as_json else _describe(run))
-    sys.exit({"passed": EXIT_PASSED, "failed": EXIT_FAILED}.get(run["status"], EXIT_ERROR))
+    sys.exit(verdict_exit_code(run["status"], allow_inconclusive) if run["status"] in VERDICTS else EXIT_ERROR)
 
 
 def _bundle(path: Path, include: tuple[str, ...]) -> Bundle:
@@ -136,7 +148,7 @@ def _wait(client: ServiceClient, run_id: str, poll: float, show: bool) -> dict[s
     last = ""
     while True:
         run = client.run(run_id)
-        if run["status"] in ("passed", "failed", "error"):
+        if run["status"] in (*VERDICTS, "error"):
             if show:
                 click.echo("\r" + " " * len(last) + "\r", nl=False, err=True)
             return dict(run)

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 BLUE, ORANGE, RED, GREEN, GREY, PURPLE = "#2563eb", "#ea580c", "#dc2626", "#16a34a", "#64748b", "#7c3aed"
-STATUS_COLORS = {"passed": GREEN, "failed": RED, "error": ORANGE, "queued": GREY, "running": BLUE}
+STATUS_COLORS = {"passed": GREEN, "failed": RED, "inconclusive": PURPLE, "error": ORANGE, "queued": GREY,
+                 "running": BLUE}
 ROW_PX = 22  # height of one bar in horizontal bar charts, pixels
 
 ChartSpec = dict[str, Any]
@@ -33,6 +34,20 @@ def _axis(title: str, *, log: bool = False, kind: str | None = None, **extra: An
     if kind == "linear":
         axis["type"] = "linear"
     return axis
+
+
+def _padded(axis: dict[str, Any], values: Sequence[float | None], *, log: bool = False) -> dict[str, Any]:
+    """``axis`` with room around a value that is alone on it (one run, or every run the same): Chart.js would
+    otherwise make that value the axis's edge and draw the point on it."""
+    present = {v for v in values if v is not None}
+    if len(present) != 1:
+        return axis
+    value = present.pop()
+    if log:
+        low, high = value / 10, value * 10
+    else:
+        low, high = value - (abs(value) / 2 or 1), value + (abs(value) / 2 or 1)
+    return {**axis, "suggestedMin": low, "suggestedMax": high}
 
 
 def _wide(values: Sequence[float | None], decades: float = 2.0) -> bool:
@@ -215,12 +230,14 @@ def model_history(rows: Sequence[tuple[Any, Any]]) -> dict[str, ChartSpec]:
                    "borderColor": ORANGE, "spanGaps": True}
     check_s = {"label": "check time", "data": [run.check_s for run in runs], "borderColor": PURPLE,
                "spanGaps": True}
-    x = _axis("commit (oldest → newest)")
+    # offset: half a category of room at each end, so a single run is drawn in the middle, not on the y axis.
+    x = _axis("commit (oldest → newest)", offset=True)
+    log_norms = _wide(norms)
+    norm_axis = _padded(_axis("L2 norm (log)", log=True) if log_norms else _axis("L2 norm"), norms, log=log_norms)
     return {
         "verdict": _spec("bar", labels, [verdict], {"x": x, "y": {"display": False, "max": 1}},
                          height=120, plugins={"legend": {"display": False}}),
-        "norm": _spec("line", labels, [norm], {"x": x, "y": _axis("L2 norm (log)", log=True) if _wide(norms)
-                                               else _axis("L2 norm")}, units={"y": "sci"}, height=240),
+        "norm": _spec("line", labels, [norm], {"x": x, "y": norm_axis}, units={"y": "sci"}, height=240),
         "memory": _spec("line", labels, [peak, activations], {"x": x, "y": _axis("bytes", beginAtZero=True)},
                         units={"y": "bytes"}, height=240),
         "time": _spec("line", labels, [check_s], {"x": x, "y": _axis("seconds", beginAtZero=True)},

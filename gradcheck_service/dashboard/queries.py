@@ -15,7 +15,7 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, defer
 
 from ..store import queries as store_queries
-from ..store.models import Run, RunLabel, RunReport
+from ..store.models import REPORTED_STATUSES, Run, RunLabel, RunReport
 from ..store.queries import RunFilters, decode_cursor, encode_cursor
 
 # Choices offered in the filter drop-downs are capped at this many values.
@@ -125,7 +125,7 @@ def live_runs(session: Session, project_id: int, run_ids: Iterable[str]) -> list
     if not ids:
         return []
     runs = list(session.scalars(select(Run).where(Run.project_id == project_id, Run.id.in_(ids))))
-    reports = headlines(session, [r.id for r in runs if r.status in ("passed", "failed")])
+    reports = headlines(session, [r.id for r in runs if r.status in REPORTED_STATUSES])
     return [(run, reports.get(run.id)) for run in runs]
 
 

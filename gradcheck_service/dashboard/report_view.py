@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from ..report import Report
 from ..store.models import Run
 
 _KIND_ORDER = {"parameter": 0, "input": 1, "second_order": 2}
@@ -36,6 +39,18 @@ class CheckRow:
     worst_tolerance: float | None
     unused: bool
     note: str | None
+
+
+def readable_report(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored report with its non-finite figures as floats again (stored as the strings "NaN", "Infinity",
+    "-Infinity"), so the page formats and sorts them as numbers; a report this version cannot read is shown as
+    stored."""
+    if not stored:
+        return {}
+    try:
+        return Report.model_validate(stored).model_dump()
+    except ValidationError:
+        return dict(stored)
 
 
 def check_rows(report: Mapping[str, Any]) -> list[CheckRow]:

@@ -15,7 +15,7 @@ from ..store.models import RUN_STATUSES, Run, RunReport
 from . import bp, charts
 from . import queries as dash_queries
 from .formatting import duration, seconds
-from .report_view import check_rows, definition_files, definition_text, findings
+from .report_view import check_rows, definition_files, definition_text, findings, readable_report
 
 ACTIVE = ("queued", "running")
 PAGE_SIZE = 50
@@ -72,6 +72,7 @@ def _live_item(run: Run, report: RunReport | None) -> dict[str, Any]:
         "duration": seconds(duration(run)),
         "faulty_modules": list(report.faulty_modules) if report else [],
         "failed_because": list(report.failed_because) if report else [],
+        "inconclusive_because": list(report.inconclusive_because) if report else [],
         "error": run.error_code if run.status == "error" else None,
         "url": url_for("dashboard.run_detail", run_id=run.id),
     }
@@ -88,7 +89,7 @@ def live_status() -> ResponseReturnValue:
 @bp.get("/runs/<run_id>")
 def run_detail(run_id: str) -> ResponseReturnValue:
     run = _scoped(run_id, with_report=True)
-    report: dict[str, Any] = run.report.report if run.report is not None else {}
+    report = readable_report(run.report.report) if run.report is not None else {}
     session = store.session()
     figures = {
         "flow": charts.gradient_flow(report),

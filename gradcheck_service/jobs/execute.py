@@ -105,7 +105,7 @@ def _write_job(job_dir: Path, run: Run) -> None:
 
 
 def execute_run(run_id: str, config: dict[str, Any]) -> str:
-    """Run one attempt; returns what happened (passed, failed, error, gone, exhausted, superseded)."""
+    """Run one attempt; returns what happened (passed, failed, inconclusive, error, gone, exhausted, superseded)."""
     session = store.session()
     claim = claim_run(session, run_id, worker_host())
     if claim.outcome != "run":
@@ -144,8 +144,7 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
     if outcome.result is not None and "report" in outcome.result:
-        stored = finish_run(session, run_id, claim.claim, outcome.result["report"])
-        return ("passed" if outcome.result["report"].get("passed") else "failed") if stored else "superseded"
+        return finish_run(session, run_id, claim.claim, outcome.result["report"])
     if outcome.result is not None:
         error = outcome.result["error"]
         message = str(error.get("message", ""))

@@ -26,6 +26,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .. import strict_json
+
 RESULT = "result.json"
 PROGRESS = "progress.json"
 OUTPUT = "output.txt"  # stdout and stderr of the model's code while it is loaded and checked
@@ -56,7 +58,7 @@ def contain(job_dir: Path) -> None:
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, allow_nan=False))
+    tmp.write_text(strict_json.dumps(data))  # NaN/Inf as their strings: the stored report must stay strict JSON
     os.replace(tmp, path)
 
 
@@ -172,7 +174,7 @@ def execute(job_dir: Path) -> dict[str, Any]:
     progress("done", 1.0)
     captured.close()
     report.output = output_or_none(captured.text)
-    return {"report": report.model_dump(mode="json")}
+    return {"report": report.to_jsonable()}
 
 
 def run_job(job_dir: Path) -> int:
@@ -193,10 +195,7 @@ def run_job(job_dir: Path) -> int:
         os._exit(EXIT_ERROR)
     if "error" in result:
         result = _without_job_dir(result, job_dir)
-    try:
-        _write_json(job_dir / RESULT, result)
-    except ValueError:  # NaN/Inf slipped into the report: keep it readable rather than lose it
-        (job_dir / RESULT).write_text(json.dumps(result))
+    _write_json(job_dir / RESULT, result)
     return EXIT_OK if "report" in result else EXIT_ERROR
 
 

@@ -9,13 +9,18 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from .. import strict_json
+
 # How long a SQLite writer waits for another process's lock before failing, milliseconds. The API, the
 # embedded worker and the CLI write to the same file; WAL lets readers go on while one of them writes.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; for SQLite the file's directory is created and WAL + busy timeout switched on."""
+    """An engine for ``url``; for SQLite the file's directory is created and WAL + busy timeout switched on.
+
+    JSON columns are written as strict JSON (NaN/Inf as strings): PostgreSQL refuses the bare tokens."""
+    kwargs.setdefault("json_serializer", strict_json.dumps)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

@@ -53,6 +53,7 @@ def report_rows(run_id: str, report: Mapping[str, Any]) -> list[Base]:
             gradient_check_passed=check.get("passed"),
             faulty_modules=list(localization.get("faulty_modules") or []),
             failed_because=list(report.get("failed_because") or []),
+            inconclusive_because=list(report.get("inconclusive_because") or []),
             total_gradient_norm=_finite(norms.get("total_norm")),
             diagnosis=sorted({f.get("kind", "") for f in diagnosis.get("findings") or [] if isinstance(f, dict)}),
             report=dict(report),

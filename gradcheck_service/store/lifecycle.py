@@ -1,8 +1,8 @@
 """State changes of a run made by workers and the reaper; each one commits on its own.
 
-A run moves ``queued -> running -> passed|failed|error``. Every start of a run increments ``attempts`` in its own
-committed transaction *before* any work, so a job that kills its worker is counted even though the worker never
-got to write anything else; past ``max_attempts`` it ends as ``error`` instead of looping.
+A run moves ``queued -> running -> passed|failed|inconclusive|error``. Every start of a run increments ``attempts``
+in its own committed transaction *before* any work, so a job that kills its worker is counted even though the
+worker never got to write anything else; past ``max_attempts`` it ends as ``error`` instead of looping.
 
 Each start also writes a fresh ``claim`` token. Heartbeats and the final write only succeed for the current claim,
 so when a run is delivered twice (a reaped run whose old message comes back), only one report is ever stored.
@@ -21,20 +21,22 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
 from .ingest import report_rows
-from .models import Run, utcnow
+from .models import REPORTED_STATUSES, Run, utcnow
 from .retry import UNAVAILABLE, retrying
 
 log = logging.getLogger(__name__)
 
 ClaimOutcome = Literal["run", "gone", "exhausted"]
+REPORT_NOT_STORED = "report_not_stored"
 
 
 @dataclass(frozen=True)
@@ -107,32 +109,61 @@ def _heartbeat(session: Session, run_id: str, claim: str, stage: str | None, fra
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def finish_run(session: Session, run_id: str, claim: str, report: dict[str, Any]) -> bool:
-    """Store the report and the verdict in one transaction; False when the run was taken over or deleted.
+def finish_run(session: Session, run_id: str, claim: str, report: dict[str, Any]) -> str:
+    """Store the report and its verdict in one transaction; returns the run's new status (``passed``, ``failed`` or
+    ``inconclusive``), or ``superseded`` when the run was taken over or deleted.
 
-    Retried through a database outage (the report stays in this process until it is written)."""
-    return retrying(session, f"the report of run {run_id}", lambda: _finish(session, run_id, claim, report))
+    Retried through a database outage (the report stays in this process until it is written). A report the
+    database refuses (a value it cannot hold) ends the run at once as ``error`` with code ``report_not_stored`` and
+    the database's reason (``error`` returned): checking the model again would only produce the same report."""
+    try:
+        stored = retrying(session, f"the report of run {run_id}", lambda: _finish(session, run_id, claim, report))
+    except UNAVAILABLE:
+        raise
+    except (SQLAlchemyError, ValueError, TypeError) as exc:
+        with contextlib.suppress(Exception):
+            session.rollback()
+        log.error("the report of run %s could not be stored: %s", run_id, exc)
+        fail_run(session, run_id, claim, REPORT_NOT_STORED,
+                 f"the check finished but its report could not be stored: {_refusal(exc)}")
+        return "error"
+    return stored or "superseded"
 
 
-def _finish(session: Session, run_id: str, claim: str, report: dict[str, Any]) -> bool:
-    passed = bool(report.get("passed"))
+def run_status(report: Mapping[str, Any]) -> str:
+    """The status a finished run gets from its report: the verdict (reports older than it: passed or failed)."""
+    verdict = report.get("verdict")
+    if verdict in REPORTED_STATUSES:
+        return str(verdict)
+    return "passed" if report.get("passed") else "failed"
+
+
+def _refusal(exc: Exception) -> str:
+    """The database's own words for a refused write (first lines, without the statement SQLAlchemy appends)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {' '.join(lines[:3])}"[:1000]
+
+
+def _finish(session: Session, run_id: str, claim: str, report: dict[str, Any]) -> str | None:
+    status = run_status(report)
     timings = report.get("timings") or {}
     result = session.execute(
         update(Run).where(Run.id == run_id, Run.claim == claim, Run.status == "running").values(
-            status="passed" if passed else "failed", finished_at=utcnow(), progress=1.0,
+            status=status, finished_at=utcnow(), progress=1.0,
             progress_stage="done", check_s=timings.get("total_s"), claim=None,
         )
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         session.rollback()
-        return False
+        return None
     session.add_all(report_rows(run_id, report))
     try:
         session.commit()
     except IntegrityError:  # a report for this run exists already (unique run_id)
         session.rollback()
-        return False
-    return True
+        return None
+    return status
 
 
 def fail_run(session: Session, run_id: str, claim: str | None, code: str, message: str) -> bool:

@@ -8,6 +8,7 @@ Docker image sets it).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -46,12 +47,21 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` to ``revision`` (creating the SQLite file if needed)."""
+    _migrate(url, command.upgrade, revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the database at ``url`` back to ``revision`` (an operator rolling back a release; tests)."""
+    _migrate(url, command.downgrade, revision)
+
+
+def _migrate(url: str, action: Callable[[Config, str], None], revision: str) -> None:
     engine = make_engine(url)
     try:
         config = alembic_config(url)
         with engine.begin() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+            action(config, revision)
     finally:
         engine.dispose()
 

@@ -38,8 +38,11 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-RUN_STATUSES = ("queued", "running", "passed", "failed", "error")
-TERMINAL_STATUSES = ("passed", "failed", "error")
+RUN_STATUSES = ("queued", "running", "passed", "failed", "inconclusive", "error")
+# A finished check's status is its report's verdict; inconclusive: nothing wrong was found, but too little was
+# compared to call the gradients right.
+REPORTED_STATUSES = ("passed", "failed", "inconclusive")
+TERMINAL_STATUSES = (*REPORTED_STATUSES, "error")
 
 
 def utcnow() -> dt.datetime:
@@ -215,6 +218,8 @@ class RunReport(Base):
     gradient_check_passed: Mapped[bool | None] = mapped_column(Boolean)
     faulty_modules: Mapped[list[str]] = mapped_column(JSONType, default=list)
     failed_because: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    inconclusive_because: Mapped[list[str]] = mapped_column(
+        JSONType, default=list, doc="Why the verdict is inconclusive (the run's status says whether it is).")
     # Memory figures of one training step, bytes (None when the profile was not measured).
     parameter_bytes: Mapped[int | None] = mapped_column(BigInteger)
     gradient_bytes: Mapped[int | None] = mapped_column(BigInteger)

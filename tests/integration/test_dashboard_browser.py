@@ -310,3 +310,25 @@ def test_phone_layout_has_no_sideways_scrolling(browser: Any, site: tuple[Flask,
         assert phone.errors == []
     finally:
         phone.close()
+
+
+def test_the_check_table_fits_a_1400px_window(browser: Any, site: tuple[Flask, Seeded, str]) -> None:
+    """Every column of the run page's check table, "Worst coordinate" included, is inside a 1400 px viewport
+    without scrolling the table sideways."""
+    _, seeded, base = site
+    wide = Page(browser, base, seeded.token, viewport={"width": 1400, "height": 900})
+    try:
+        wide.goto(f"/runs/{seeded.run('swish-bug').id}")
+        header = wide.page.locator("#check-table thead th").last
+        assert header.text_content() == "Worst coordinate"
+        box = header.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 1400, box
+        wrap = wide.page.locator("#gradient-check .table-wrap").first
+        scroll, client = wrap.evaluate("w => [w.scrollWidth, w.clientWidth]")
+        assert scroll <= client, f"the table scrolls sideways: {scroll}px in a {client}px box"
+        cell = wide.page.locator("#check-table tbody tr").first.locator("td.worst")
+        cell_box = cell.bounding_box()
+        assert cell_box is not None and cell_box["x"] + cell_box["width"] <= box["x"] + box["width"] + 1
+        assert wide.errors == []
+    finally:
+        wide.close()

@@ -270,7 +270,7 @@ def test_report_table_refuses_a_second_report(pg_url: str, tmp_path: Path) -> No
         session.add(run)
         session.commit()
         claim = claim_run(session, run.id, "test:1")
-        assert finish_run(session, run.id, claim.claim, real_report())
+        assert finish_run(session, run.id, claim.claim, real_report()) == "passed"
         session.add(RunReport(run_id=run.id, schema_version="x", passed=True, report={}))
         with pytest.raises(IntegrityError):
             session.commit()

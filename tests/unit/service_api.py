@@ -70,10 +70,10 @@ def other_project(api_app: Flask) -> Project:
 def finish_with_report(app: Flask, run_id: str, report: dict[str, Any]) -> None:
     """Store ``report`` for a queued run exactly as a worker does (claim, then finish)."""
     from gradcheck_service.extensions import store
-    from gradcheck_service.store.lifecycle import claim_run, finish_run
+    from gradcheck_service.store.lifecycle import claim_run, finish_run, run_status
 
     with app.app_context():
         session = store.session()
         claim = claim_run(session, run_id, "test:0")
         assert claim.outcome == "run"
-        assert finish_run(session, run_id, claim.claim, report)
+        assert finish_run(session, run_id, claim.claim, report) == run_status(report)

@@ -203,3 +203,28 @@ def test_revoked_token_is_refused_and_only_hashes_are_stored(api_app: Flask, cli
     database = Path(api_app.config["DATABASE_URL"].removeprefix("sqlite:///"))
     for path in database.parent.glob(database.name + "*"):  # the database and its write-ahead log
         assert project.token.encode() not in path.read_bytes()
+
+
+def test_an_inconclusive_report_is_its_own_status_filtered_and_documented(
+        api_app: Flask, client: FlaskClient, project: Project, passing_report: dict[str, Any],
+        failing_report: dict[str, Any]) -> None:
+    reason = "the forward is not reproducible: the loss at the same point differed between two evaluations"
+    inconclusive = {**passing_report, "verdict": "inconclusive", "passed": False, "inconclusive_because": [reason]}
+    ids = [_submit(client, project, name="net") for _ in range(3)]
+    for run_id, report in zip(ids, (inconclusive, passing_report, failing_report), strict=True):
+        finish_with_report(api_app, run_id, report)
+
+    def listed(query: str) -> list[dict[str, Any]]:
+        response = client.get(f"/api/v1/runs?{query}", headers=project.headers)
+        assert response.status_code == 200, response.get_json()
+        return list(RunPage.model_validate(response.get_json()).model_dump()["runs"])
+
+    (found,) = listed("status=inconclusive")
+    assert found["id"] == ids[0] and found["status"] == "inconclusive"
+    assert found["summary"]["inconclusive_because"] == [reason]
+    assert [r["id"] for r in listed("passed=false")] == [ids[2]]  # failed only: inconclusive is neither
+    assert {r["id"] for r in listed("status=inconclusive,failed")} == {ids[0], ids[2]}
+    unknown = client.get("/api/v1/runs?status=done", headers=project.headers).get_json()["error"]["problems"][0]
+    assert "inconclusive" in unknown["message"]
+    document = client.get("/api/v1/openapi.json").get_json()
+    assert "inconclusive" in document["components"]["schemas"]["RunOut"]["properties"]["status"]["enum"]

@@ -168,6 +168,9 @@
       span = el("span", "verdict-fail", run.failed_because.join("; ") || "failed");
     } else if (run.status === "passed") {
       span = el("span", "verdict-pass", "Gradients match");
+    } else if (run.status === "inconclusive") {
+      var why = run.inconclusive_because.join("; ");
+      span = el("span", "verdict-inconclusive", "Inconclusive" + (why ? ": " + why : ""));
     } else if (run.status === "error") {
       span = el("span", "verdict-error", run.error || "error");
     } else if (run.status === "running") {
