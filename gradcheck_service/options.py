@@ -17,7 +17,7 @@ FailOn = Literal["vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint
 class HealthThresholds(BaseModel):
     """Thresholds of the gradient-flow diagnosis; the rationale of each is in the README."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     vanishing_ratio: float = Field(
         1e-3,
@@ -55,7 +55,7 @@ class HealthThresholds(BaseModel):
 class CheckOptions(BaseModel):
     """Everything that controls one check. Unknown names are an error, so a typo never silently does nothing."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     mode: Mode = Field("default", description="full: every coordinate, through the whole model; default: each "
                        "parameter through its own module's call (tensors of up to 16 elements fully, larger ones by "

@@ -14,7 +14,7 @@ Status = Literal["queued", "running", "passed", "failed", "error"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GitInfo(_Strict):
