@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..definitions import DefinitionError, strict_json
 from ..definitions.archive import ArchiveError, member_path, read_archive
@@ -260,8 +261,22 @@ def _from_archive(request: Request, options: Any, metadata: Any, problems: Probl
                       layout={"entry": entry, "pythonpath": pythonpath})
 
 
-def _from_json(request: Request) -> Submission:
+def _json_body(request: Request) -> bytes:
+    """The body, refused (413) past the size limit also when it comes without a Content-Length (chunked).
+
+    Werkzeug then stops reading at ``MAX_CONTENT_LENGTH`` and returns what it read, so a 10 MB body would reach the
+    JSON decoder cut off (a misleading "not valid JSON"); one byte more from the server's stream tells them apart.
+    """
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def _from_json(request: Request) -> Submission:
+    raw = _json_body(request)
     try:
         data = _decode_json(raw, "$")
     except ApiError as exc:
