@@ -13,6 +13,8 @@ import contextlib
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,15 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from gradcheck_service.store.tokens import create_token
-from tests.service_support import ServiceProcess, free_port, service_env, spec, tar_gz_bomb, wait_until
+from tests.service_support import (
+    ROOT,
+    ServiceProcess,
+    free_port,
+    service_env,
+    spec,
+    tar_gz_bomb,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 SUBMIT_RATE = 5  # submissions per minute per token on this server
@@ -35,8 +45,8 @@ SUBMIT_RATE = 5  # submissions per minute per token on this server
 @dataclass
 class Server:
     port: int
-    database_url: str
-    process: ServiceProcess
+    database_url: str = ""  # where token() makes tokens
+    process: ServiceProcess | None = None  # whose CPU cpu_s() counts
 
     def token(self, project: str) -> str:
         """A new project's token, made in the server's database (as `token create` does, without its start-up)."""
@@ -79,6 +89,7 @@ class Server:
 
     def cpu_s(self) -> float:
         """CPU seconds used so far by the server: gunicorn's arbiter and its workers."""
+        assert self.process is not None
         root = psutil.Process(self.process.proc.pid)
         total = 0.0
         for proc in [root, *root.children(recursive=True)]:
@@ -198,3 +209,22 @@ def test_a_chunked_body_over_the_limit_is_413_json(server: Server) -> None:
     status, headers, answer = server.raw(head + body)
     assert status == 413 and headers["content-type"] == "application/json"
     assert json.loads(answer)["error"]["code"] == "too_large"
+
+
+def test_the_deployment_configuration_answers_json_too(tmp_path: Path) -> None:
+    """The containers run gunicorn's own CLI with deploy/gunicorn.conf.py, which installs the same JSON answers."""
+    port = free_port()
+    env = {**service_env(DATA_DIR=str(tmp_path)), "GRADCHECK_BIND": f"127.0.0.1:{port}", "GRADCHECK_HTTP_WORKERS": "1"}
+    with (tmp_path / "gunicorn.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                                 "gradcheck_service.app:create_app()"], env=env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deployed = Server(port)
+            wait_until(lambda: _healthy(deployed), 90, "gunicorn to answer /healthz")
+            status, headers, body = deployed.raw(b"GET /healthz?x=" + b"x" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert status == 414 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "uri_too_long"
