@@ -143,18 +143,24 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every run to finish")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="gradcheck-load-"))
     prefix = f"gradcheck-load-{uuid.uuid4().hex[:6]}:"
-    try:
-        return run_load(args, tmp, prefix)
-    finally:
-        import redis
+    # The data folder (the processes' logs and the deployment's secret_key) is removed when the run ends.
+    with tempfile.TemporaryDirectory(prefix="gradcheck-load-") as tmp:
+        try:
+            return run_load(args, Path(tmp), prefix)
+        finally:
+            _delete_keys(prefix)
 
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+
+def _delete_keys(prefix: str) -> None:
+    """Remove this run's keys from the shared Redis."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def run_load(args: argparse.Namespace, tmp: Path, prefix: str) -> int:
@@ -163,7 +169,7 @@ def run_load(args: argparse.Namespace, tmp: Path, prefix: str) -> int:
 
         upgrade(database_url)
         env = service_env(DATABASE_URL=database_url, BROKER_URL=REDIS_URL, DATA_DIR=str(tmp),
-                          BROKER_KEY_PREFIX=prefix, HEARTBEAT_INTERVAL_S=1,
+                          BROKER_KEY_PREFIX=prefix, HEARTBEAT_INTERVAL_S=1, SUBMIT_RATE_LIMIT=0,
                           STALE_AFTER_S=10, REAPER_INTERVAL_S=2)
         token = cli(["token", "create", "--project", "load"], env).stdout.strip().splitlines()[-1]
         port = free_port()

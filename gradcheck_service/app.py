@@ -38,9 +38,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from .api.limits import init_limits
 
     errors.register(app)
-    init_limits(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
+    init_limits(app)
     dashboard = _optional_blueprint(f"{__package__}.dashboard")
     if dashboard is not None:
         app.register_blueprint(dashboard)

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_PAGE_SIZE": 500,
     "DB_RETRY_S": 300.0,  # a worker retries a database write (e.g. a finished report) this long, seconds
     "RATE_LIMIT": None,  # requests per API token, e.g. "120/minute" or "10/second;600/hour" (None: no limit)
+    "SUBMIT_RATE_LIMIT": "60/minute",  # submissions (POST /api/v1/runs) per API token; 0 turns it off
     "RATE_LIMIT_STORAGE_URL": None,  # counters shared by every API process; default: the broker's Redis
     "MAX_QUEUED_PER_PROJECT": None,  # queued + running runs one project may have; more submissions -> 429
     "SECRET_KEY": None,  # Flask session key (dashboard); default: a random key kept in <DATA_DIR>/secret_key

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .strict_json import REPORT_MODEL_CONFIG
+from .strict_json import OPTIONS_MODEL_CONFIG
 
 Mode = Literal["full", "default", "fast"]
 FailOn = Literal["vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint_mismatch", "precision", "underflow"]
@@ -19,7 +19,7 @@ FailOn = Literal["vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint
 class HealthThresholds(BaseModel):
     """Thresholds of the gradient-flow diagnosis; the rationale of each is in the README."""
 
-    model_config = REPORT_MODEL_CONFIG
+    model_config = OPTIONS_MODEL_CONFIG
 
     vanishing_ratio: float = Field(
         1e-3,
@@ -57,7 +57,7 @@ class HealthThresholds(BaseModel):
 class CheckOptions(BaseModel):
     """Everything that controls one check. Unknown names are an error, so a typo never silently does nothing."""
 
-    model_config = REPORT_MODEL_CONFIG
+    model_config = OPTIONS_MODEL_CONFIG
 
     mode: Mode = Field("default", description="full: every coordinate, through the whole model; default: each "
                        "parameter through its own module's call (tensors of up to 16 elements fully, larger ones by "

@@ -18,6 +18,8 @@ from pydantic import ConfigDict
 # The config of every pydantic model that ends up in a report: unknown fields refused, non-finite floats written as
 # the strings "NaN", "Infinity" and "-Infinity" (and read back from them).
 REPORT_MODEL_CONFIG = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+# Options are given by people: a non-finite threshold or factor is refused (written the same way where stored).
+OPTIONS_MODEL_CONFIG = ConfigDict(extra="forbid", ser_json_inf_nan="strings", allow_inf_nan=False)
 NON_FINITE_STRINGS = ("NaN", "Infinity", "-Infinity")
 
 

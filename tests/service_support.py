@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gzip
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +69,33 @@ def build():
     torch.manual_seed(0)
     return Net().double(), torch.randn(4, 3, dtype=torch.float64)
 '''
+
+
+def tar_gz_bomb(member_bytes: int = 3 * 2**29, name: str = "bomb.py", kind: bytes = tarfile.REGTYPE) -> bytes:
+    """A tar.gz holding one member of ``member_bytes`` zero bytes (default 1.5 GiB, in about 1.5 MB) of tar type
+    ``kind`` (a type tarfile does not know is skipped over by its size).
+
+    Built without compressing the whole member: a gzip file may be a series of gzip streams, and every 4 MiB of
+    zeros is the same ~4 KB stream, repeated.
+    """
+    header = tarfile.TarInfo(name)
+    header.size, header.type = member_bytes, kind
+    block = 4 * 2**20
+    assert member_bytes % block == 0
+    zeros = gzip.compress(bytes(block), 9)
+    return gzip.compress(header.tobuf(format=tarfile.GNU_FORMAT)) + zeros * (member_bytes // block) \
+        + gzip.compress(bytes(1024))
+
+
+def tar_gz_directory_bomb(entries: int = 2**20) -> bytes:
+    """A tar.gz of ``entries`` directory headers (default a million: 512 MiB of tar in about 5 MB); directories
+    hold no bytes and are no files, but each costs reading a header."""
+    header = tarfile.TarInfo("d")
+    header.type = tarfile.DIRTYPE
+    per_stream = 8192
+    assert entries % per_stream == 0
+    stream = gzip.compress(header.tobuf(format=tarfile.GNU_FORMAT) * per_stream, 9)
+    return stream * (entries // per_stream) + gzip.compress(bytes(1024))
 
 
 def spec(**changes: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from celery.signals import (
 
 from gradcheck_service.app import create_app
 from gradcheck_service.extensions import REAP_TASK, RUN_TASK, store
+from gradcheck_service.jobs import scratch
 from gradcheck_service.jobs.execute import close_launcher
 from gradcheck_service.store import retry
 from gradcheck_service.store.lifecycle import mark_received, record_worker_environment
@@ -44,6 +45,17 @@ retry.configure(float(flask_app.config["DB_RETRY_S"]))
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     store.dispose()
+
+
+@worker_process_init.connect
+@worker_ready.connect
+def _remove_orphaned_scratch(**_: Any) -> None:
+    """A pool process that replaces a killed one, or a worker restarted after a kill, removes the job folders
+    and runner homes the killed processes left (see jobs/scratch.py); never stops the worker."""
+    try:
+        scratch.remove_orphans()
+    except OSError as exc:
+        log.warning("could not look for orphaned scratch folders: %s", exc)
 
 
 @worker_process_shutdown.connect

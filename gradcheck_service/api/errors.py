@@ -15,9 +15,15 @@ from werkzeug.exceptions import HTTPException
 # Machine-readable codes for the HTTP errors the API can answer.
 _CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    406: "not_acceptable", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-    422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    406: "not_acceptable", 409: "conflict", 413: "too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+    417: "expectation_failed", 422: "validation_error", 429: "too_many_requests", 431: "headers_too_large",
+    500: "internal_error", 501: "not_implemented", 503: "unavailable",
 }
+
+
+def code_for(status: int) -> str:
+    """The machine-readable code of an HTTP error status."""
+    return _CODES.get(status, "http_error")
 
 
 class ApiError(Exception):
@@ -60,7 +66,7 @@ def _http_error(exc: HTTPException) -> Response:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         message = f"the request body is larger than the limit of {limit:,} bytes" if limit else message
     headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after", "www-authenticate")}
-    return error_response(status, _CODES.get(status, "http_error"), message, headers)
+    return error_response(status, code_for(status), message, headers)
 
 
 def _database_down(exc: OperationalError | InterfaceError) -> Response:

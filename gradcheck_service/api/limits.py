@@ -5,6 +5,10 @@
   default, or ``GRADCHECK_RATE_LIMIT_STORAGE_URL`` -- so the limit holds across every gunicorn worker and API
   machine. Without Redis (the embedded mode) the counters are per process. While the storage is unreachable each
   process counts on its own (Flask-Limiter's in-memory fallback), so an outage never turns into errors.
+* ``GRADCHECK_SUBMIT_RATE_LIMIT`` (default ``60/minute``; ``0`` turns it off): submissions (``POST
+  /api/v1/runs``) per token, accepted or refused, in the same storage and on top of the limit above. Each
+  submission is parsed and validated by the API (an archive is unpacked), so this bounds what one token can make
+  the API do even when no general limit is set.
 * ``GRADCHECK_MAX_QUEUED_PER_PROJECT``: runs one project may have ``queued`` or ``running`` at once; a submission
   over it is refused. Counted in the database under a lock on the project's row, so concurrent submissions
   through different processes cannot overshoot it (on PostgreSQL; SQLite serialises writers anyway).
@@ -15,9 +19,11 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from flask import Flask, Response, request
+from flask.typing import RouteCallable
 from flask_limiter import Limiter, RequestLimit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -30,6 +36,8 @@ from .openapi import PUBLIC_PATHS
 QUEUE_FULL_RETRY_AFTER_S = 10
 # Seconds the limiter waits for its Redis before letting the request through (it must not stall the API).
 STORAGE_TIMEOUT_S = 1.0
+# The endpoint of POST /api/v1/runs, which SUBMIT_RATE_LIMIT guards.
+SUBMIT_VIEW = "api.submit_run"
 
 
 def client_key() -> str:
@@ -55,26 +63,36 @@ def _storage(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def init_limits(app: Flask) -> Limiter | None:
-    """Attach a limiter to ``app`` when ``RATE_LIMIT`` is set (one limiter per app, so tests can make many)."""
-    rate = app.config.get("RATE_LIMIT")
-    if not rate:
+    """Attach a limiter to ``app`` when ``RATE_LIMIT`` or ``SUBMIT_RATE_LIMIT`` is set (one limiter per app, so
+    tests can make many). Call it after the API's blueprint is registered: it wraps the submission view."""
+    rate, submit_rate = app.config.get("RATE_LIMIT"), app.config.get("SUBMIT_RATE_LIMIT")
+    if not rate and not submit_rate:
         return None
     uri, options = _storage(dict(app.config))
     # Application limits: one budget per token shared by every route (not one per route).
     limiter = Limiter(
-        client_key, app=app, application_limits=[str(rate)], application_limits_exempt_when=_exempt,
-        storage_uri=uri, storage_options=options, strategy="moving-window", on_breach=_too_many,
-        swallow_errors=True, in_memory_fallback_enabled=True, key_prefix=f"{app.config.get('BROKER_KEY_PREFIX') or ''}gradcheck-ratelimit",
+        client_key, app=app, application_limits=[str(rate)] if rate else [], application_limits_exempt_when=_exempt,
+        storage_uri=uri, storage_options=options, strategy="moving-window",
+        on_breach=_too_many("GRADCHECK_RATE_LIMIT", "requests"), swallow_errors=True,
+        in_memory_fallback_enabled=True, key_prefix=f"{app.config.get('BROKER_KEY_PREFIX') or ''}gradcheck-ratelimit",
     )
+    if submit_rate:
+        limit = limiter.limit(str(submit_rate), scope="submit", override_defaults=False,
+                              on_breach=_too_many("GRADCHECK_SUBMIT_RATE_LIMIT", "submissions"))
+        app.view_functions[SUBMIT_VIEW] = cast(RouteCallable, limit(app.view_functions[SUBMIT_VIEW]))
     app.extensions["gradcheck_limiter"] = limiter
     return limiter
 
 
-def _too_many(limit: RequestLimit) -> Response:
-    """The 429 answer, with the seconds until the oldest counted request leaves the window."""
-    wait_s = max(1, math.ceil(limit.reset_at - time.time()))
-    return error_response(429, "rate_limited", f"rate limit of {limit.limit} per token reached "
-                          f"(GRADCHECK_RATE_LIMIT); retry in {wait_s} s", {"Retry-After": str(wait_s)})
+def _too_many(setting: str, what: str) -> Callable[[RequestLimit], Response]:
+    """The 429 answer of a limit, with the seconds until the oldest counted request leaves the window."""
+
+    def answer(limit: RequestLimit) -> Response:
+        wait_s = max(1, math.ceil(limit.reset_at - time.time()))
+        return error_response(429, "rate_limited", f"rate limit of {limit.limit} {what} per token reached "
+                              f"({setting}); retry in {wait_s} s", {"Retry-After": str(wait_s)})
+
+    return answer
 
 
 def check_queue_quota(session: Session, project_id: int, limit: int | None) -> None:

@@ -90,8 +90,14 @@ def build_document(app: Flask) -> dict[str, Any]:
                 if meta["multipart"]:
                     content["multipart/form-data"] = {"schema": {
                         "type": "object",
-                        "description": "Either 'model' (one file) or 'archive' with 'entry' (a repository's "
-                                       "model code).",
+                        "description": "Exactly one of 'model' (one file) and 'archive' with 'entry' (a "
+                                       "repository's model code); both, or neither, is a 422.",
+                        "oneOf": [
+                            {"required": ["model"], "not": {"anyOf": [{"required": [name]} for name in (
+                                "archive", "entry", "pythonpath")]}},
+                            {"required": ["archive", "entry"], "not": {"required": ["model"]}},
+                        ],
+                        "additionalProperties": False,
                         "properties": {
                             "model": {"type": "string", "format": "binary",
                                       "description": "A .py model file or a .json spec."},

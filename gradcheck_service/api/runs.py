@@ -159,8 +159,10 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 def list_runs() -> ResponseReturnValue:
     unstorable = [(f"query.{name}", why) for name, value in request.args.items(multi=True)
                   if (why := text_problem(value)) is not None]
-    if unstorable:
-        raise validation_error(unstorable)
+    repeated = [(f"query.{name}", "given more than once; give it once (status takes several statuses separated "
+                 "by commas)") for name in request.args if len(request.args.getlist(name)) > 1]
+    if unstorable or repeated:
+        raise validation_error(unstorable + repeated)
     try:
         query = RunQuery.model_validate(request.args.to_dict())
     except ValidationError as exc:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from ..options import CheckOptions
 
@@ -16,7 +17,7 @@ Status = Literal["queued", "running", "passed", "failed", "inconclusive", "error
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GitInfo(_Strict):
@@ -46,8 +47,21 @@ class RunSubmission(_Strict):
     metadata: RunMetadata = Field(default_factory=RunMetadata)
 
 
+def _iso_8601(value: Any) -> Any:
+    """A date or time as ISO 8601 text only: pydantic would also read a number (``until=0.5``) as seconds since
+    1970, which nobody typing a filter means."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
+        raise ValueError("expected an ISO 8601 date or time, e.g. 2026-01-01 or 2026-01-01T12:00:00Z, not a number")
+    return value
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+IsoDateTime = Annotated[dt.datetime, BeforeValidator(_iso_8601)]
+
+
 class RunQuery(_Strict):
-    """Filters of ``GET /api/v1/runs`` (query parameters); all optional and combined with AND."""
+    """Filters of ``GET /api/v1/runs`` (query parameters); all optional and combined with AND, each given at most
+    once."""
 
     model: str | None = None
     status: str | None = Field(None, description="One status or several separated by commas: queued, running, "
@@ -55,8 +69,8 @@ class RunQuery(_Strict):
     branch: str | None = None
     commit: str | None = None
     label: str | None = None
-    since: dt.datetime | None = Field(None, description="Created at or after (ISO 8601; UTC when no offset).")
-    until: dt.datetime | None = Field(None, description="Created before (ISO 8601; UTC when no offset).")
+    since: IsoDateTime | None = Field(None, description="Created at or after (ISO 8601; UTC when no offset).")
+    until: IsoDateTime | None = Field(None, description="Created before (ISO 8601; UTC when no offset).")
     passed: bool | None = Field(None, description="true: status passed; false: status failed (an inconclusive "
                                 "run is neither; filter it with status=inconclusive).")
     limit: Annotated[int, Field(ge=1, le=500)] | None = None

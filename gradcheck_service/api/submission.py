@@ -16,8 +16,9 @@ from typing import Any
 
 from flask import Request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..definitions import DefinitionError
+from ..definitions import DefinitionError, json_input
 from ..definitions.archive import ArchiveError, member_path, read_archive
 from ..definitions.loader import parse_spec_text
 from ..definitions.shapes import infer
@@ -67,18 +68,26 @@ def _json_shape_problems(data: Any, prefix: list[str | int]) -> Problems:
 
 
 def _decode_json(raw: str | bytes, where: str) -> Any:
-    """``json.loads`` with every failure as a 422 naming ``where`` (not valid JSON, or nested too deeply)."""
+    """Decode under the JSON policy (:mod:`..definitions.json_input`) with every failure as a 422 naming
+    ``where``: not valid JSON, nested too deeply, a non-finite number or a repeated key (with its JSON path), or a
+    string the store cannot keep."""
     try:
-        data = json.loads(raw)
+        data = json_input.decode(raw)
     except RecursionError:
         raise validation_error([(where, f"nested deeper than {MAX_JSON_DEPTH} levels")]) from None
+    except json_input.StrictJsonError as exc:
+        raise validation_error(_under(where, exc.problems)) from None
     except ValueError as exc:
         raise validation_error([(where, f"not valid JSON: {exc}")]) from None
     problems = _json_shape_problems(data, [])
     if problems:
-        raise validation_error([(where + path[1:] if where != "$" else path, message)
-                                for path, message in problems])
+        raise validation_error(_under(where, problems))
     return data
+
+
+def _under(where: str, problems: Problems) -> Problems:
+    """Problems whose paths are relative to a document (``$.x``) placed under ``where`` (a form field's name)."""
+    return problems if where == "$" else [(where + path[1:], message) for path, message in problems]
 
 
 @dataclass
@@ -207,8 +216,8 @@ def _pythonpath(raw: str | None, files: dict[str, str], problems: Problems) -> l
     if raw is None or not raw.strip():
         return ["."]
     try:
-        values = json.loads(raw)
-    except ValueError:
+        values = json_input.decode(raw)
+    except (ValueError, RecursionError):
         values = None
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         problems.append(("pythonpath", 'expected a JSON list of directories of the archive, e.g. ["src"]'))
@@ -252,8 +261,22 @@ def _from_archive(request: Request, options: Any, metadata: Any, problems: Probl
                       layout={"entry": entry, "pythonpath": pythonpath})
 
 
-def _from_json(request: Request) -> Submission:
+def _json_body(request: Request) -> bytes:
+    """The body, refused (413) past the size limit also when it comes without a Content-Length (chunked).
+
+    Werkzeug then stops reading at ``MAX_CONTENT_LENGTH`` and returns what it read, so a 10 MB body would reach the
+    JSON decoder cut off (a misleading "not valid JSON"); one byte more from the server's stream tells them apart.
+    """
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def _from_json(request: Request) -> Submission:
+    raw = _json_body(request)
     try:
         data = _decode_json(raw, "$")
     except ApiError as exc:

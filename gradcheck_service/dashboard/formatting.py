@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import unicodedata
 from typing import Any
 
 from flask import Blueprint
@@ -92,6 +93,15 @@ def short_commit(value: str | None) -> str:
     return (value or "")[:10]
 
 
+def visible(text: str | None) -> str:
+    """Control and format characters as escapes (``\\u202e``): the right-to-left override and the other bidi
+    controls, zero-width characters, C0/C1 controls. A submitted file name then reads as what it is and cannot
+    reorder the text around it (``evil\\u202eyp.txt`` rather than a name that displays as ``evil.txt.py``)."""
+    if text is None:
+        return ""
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cf") else c for c in str(text))
+
+
 def duration(run: Any) -> float | None:
     """Wall seconds of a run: start to finish, or start to now while it runs."""
     if run.started_at is None:
@@ -103,6 +113,7 @@ def duration(run: Any) -> float | None:
 def register(bp: Blueprint) -> None:
     """Install the filters app-wide when ``bp`` is registered (Flask's template filters are app-wide)."""
     for name, function in (("bytes", human_bytes), ("sci", scientific), ("secs", seconds), ("when", when),
-                           ("ago", ago), ("pct", percent), ("short_commit", short_commit)):
+                           ("ago", ago), ("pct", percent), ("short_commit", short_commit),
+                           ("visible", visible)):
         bp.add_app_template_filter(function, name)
     bp.add_app_template_global(duration, "run_duration")

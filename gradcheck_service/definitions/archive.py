@@ -9,6 +9,7 @@ disk here and nothing declared in the archive's headers is trusted: each member 
 
 from __future__ import annotations
 
+import gzip
 import io
 import stat
 import tarfile
@@ -16,11 +17,15 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 MAX_FILES = 500
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_TOTAL_BYTES = 8 * 1024 * 1024
 MAX_PATH_CHARS = 400
+# Bytes of a tar stream besides the files' own, allowed per file: its header, its padding to 512 bytes, a long-name
+# or pax record, and the directory entries around it. With the total limit, this bounds the bytes decompressed.
+_TAR_OVERHEAD_PER_FILE = 4096
 # A fixed timestamp, so packing the same files twice gives the same bytes (and the same model hash).
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -82,10 +87,44 @@ def _zip_members(data: bytes) -> Iterator[tuple[str, str | None, io.BufferedIOBa
                     yield info.filename, None, handle  # type: ignore[misc]
 
 
-def _tar_members(data: bytes) -> Iterator[tuple[str, str | None, io.BufferedIOBase | None]]:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+class _Bounded(io.RawIOBase):
+    """The decompressed bytes of a gzip stream, refused (:class:`ArchiveError`) at the first byte past ``limit``.
+
+    A tar stream is read sequentially, so every byte the tar reader skips (a refused member, a directory header,
+    a pax record) is decompressed first; this bound makes a bomb cost at most ``limit`` bytes of inflating.
+    """
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        super().__init__()
+        self._gzip = gzip.GzipFile(fileobj=io.BytesIO(data))
+        self._limit = limit
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._gzip.close()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._gzip.readinto(buffer)
+        self._count += count
+        if self._count > self._limit:
+            raise ArchiveError([("", f"more than {self._limit:,} bytes once decompressed (the files' limit plus "
+                                     "their tar headers)")])
+        return count
+
+
+def _tar_members(data: bytes, limits: Limits) -> Iterator[tuple[str, str | None, io.BufferedIOBase | None]]:
+    directories = 0
+    with _Bounded(data, limits.max_total_bytes + (limits.max_files + 1) * _TAR_OVERHEAD_PER_FILE) as stream, \
+            tarfile.open(fileobj=stream, mode="r|") as archive:  # "r|": a forward-only stream, never seeking back
         for info in archive:
             if info.isdir():
+                directories += 1  # skipped, but each costs a header to read: capped like the files
+                if directories > limits.max_files:
+                    raise ArchiveError([("", f"more than {limits.max_files} directories")])
                 continue
             if info.issym() or info.islnk():
                 yield info.name, "a link (only regular files are accepted)", None
@@ -98,14 +137,16 @@ def _tar_members(data: bytes) -> Iterator[tuple[str, str | None, io.BufferedIOBa
 def read_archive(data: bytes, limits: Limits | None = None) -> dict[str, str]:
     """Validate an archive (zip or tar.gz) and return its files as {relative path: text}.
 
-    Raises :class:`ArchiveError` listing each refused member (unsafe path, link, not UTF-8 text, too large) or the
-    cap that was passed. Sizes are counted on the bytes actually decompressed, never on the headers.
+    Raises :class:`ArchiveError` listing each refused member (unsafe path, link, not UTF-8 text) or the limit that
+    was passed. Sizes are counted on the bytes actually decompressed, never on the headers, and reading stops at
+    the first byte past a limit (a member over the per-file size, the files over the total), so a decompression
+    bomb is refused after inflating at most a limit's worth of bytes.
     """
     limits = limits or Limits()
     if data[:4] == b"PK\x03\x04" or data[:4] == b"PK\x05\x06":
         members = _zip_members(data)
     elif data[:2] == b"\x1f\x8b":
-        members = _tar_members(data)
+        members = _tar_members(data, limits)
     else:
         raise ArchiveError([("", "not a zip or gzip-compressed tar archive")])
     files: dict[str, str] = {}
@@ -124,8 +165,7 @@ def read_archive(data: bytes, limits: Limits | None = None) -> dict[str, str]:
                 continue
             raw = handle.read(limits.max_file_bytes + 1)
             if len(raw) > limits.max_file_bytes:
-                problems.append((path, f"larger than {limits.max_file_bytes:,} bytes"))
-                continue
+                raise ArchiveError([*problems, (path, f"larger than {limits.max_file_bytes:,} bytes")][:20])
             total += len(raw)
             if total > limits.max_total_bytes:
                 raise ArchiveError([("", f"more than {limits.max_total_bytes:,} bytes of files once unpacked")])

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import json_input
 from .base import Definition, DefinitionError, Problem
 from .build import build_from_spec
 from .pyfile import load_python_file
@@ -16,31 +17,22 @@ MAX_SPEC_BYTES = 1024 * 1024
 ACCEPTED = "a .json model spec or a .py model file"
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def parse_spec_text(text: str, origin: str = "spec") -> Any:
-    """Decode JSON text strictly (no NaN/Infinity, no duplicate keys); errors carry line and column."""
+    """Decode JSON text under the service's JSON policy (:mod:`.json_input`: no NaN/Infinity, no duplicate
+    keys, each named by its JSON path); syntax errors carry line and column."""
     if len(text.encode("utf-8", errors="replace")) > MAX_SPEC_BYTES:
         raise DefinitionError(f"{origin}: spec too large", [Problem("$", f"larger than {MAX_SPEC_BYTES:,} bytes")])
     try:
-        return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+        return json_input.decode(text)
+    except json_input.StrictJsonError as exc:
+        raise DefinitionError(f"{origin}: invalid JSON", [Problem(path, message) for path, message in exc.problems]
+                              ) from None
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise DefinitionError(f"{origin}: invalid JSON", [Problem("$", f"{exc.msg} at {where}")]) from None
     except RecursionError:
         raise DefinitionError(f"{origin}: invalid JSON", [Problem("$", "nested too deeply")]) from None
-    except ValueError as exc:  # our hooks, and integers with more digits than Python will parse
+    except ValueError as exc:  # integers with more digits than Python will parse
         raise DefinitionError(f"{origin}: invalid JSON", [Problem("$", str(exc))]) from None
 
 

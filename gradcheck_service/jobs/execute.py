@@ -12,9 +12,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from ..definitions.archive import write_files
 from ..extensions import RUN_TASK, store
 from ..store.lifecycle import claim_run, fail_run, finish_run, heartbeat, reap_stale_runs
 from ..store.models import Run
-from . import sandbox
+from . import sandbox, scratch
 from .launcher import ForkServerLauncher, SandboxedLauncher, SpawnLauncher, make_launcher
 
 log = logging.getLogger(__name__)
@@ -119,7 +117,7 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
     if isinstance(chosen, str):
         fail_run(session, run_id, claim.claim, "sandbox_unavailable", chosen)
         return "error"
-    job_dir = Path(tempfile.mkdtemp(prefix=f"gradcheck-{run_id[:12]}-"))
+    job_dir = scratch.make("job", f"{run_id[:12]}-")
     try:
         _write_job(job_dir, run)
         definition_kind, timeout_s = run.definition_kind, run.timeout_s
@@ -142,7 +140,7 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
     # Anything else (SystemExit/KeyboardInterrupt at a worker shutdown) leaves the run as it is: the message is
     # redelivered (acks_late), or the reaper requeues the run once its heartbeats stop.
     finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        scratch.remove(job_dir)
     if outcome.result is not None and "report" in outcome.result:
         return finish_run(session, run_id, claim.claim, outcome.result["report"])
     if outcome.result is not None:
@@ -161,7 +159,9 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
 
 
 def requeue_stale_runs(celery_app: Celery, config: dict[str, Any]) -> list[str]:
-    """The reaper: runs whose worker vanished go back on their queue (or end as error past the attempt cap)."""
+    """The reaper: runs whose worker vanished go back on their queue (or end as error past the attempt cap), and
+    the scratch folders of this machine's killed worker processes are removed."""
+    scratch.remove_orphans()
     session = store.session()
     run_ids = reap_stale_runs(session, float(config["STALE_AFTER_S"]))
     for run_id in run_ids:  # after the commit in reap_stale_runs, like every enqueue

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import jobgroup, runner, sandbox
+from . import jobgroup, runner, sandbox, scratch
 from .containment import classify_exit
 
 # Variables passed through to the child; everything else is dropped.
@@ -323,9 +323,7 @@ class ForkServerLauncher:
     def _server(self) -> subprocess.Popen[bytes]:
         if self.proc is not None and self.proc.poll() is None:
             return self.proc
-        import tempfile
-
-        self.home = Path(tempfile.mkdtemp(prefix="gradcheck-runner-"))
+        self.home = scratch.make("home")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gradcheck_service.jobs.runner", "serve"], cwd=self.home,
             env=child_env(self.home), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -403,9 +401,7 @@ class ForkServerLauncher:
                     pipe.close()
             self.proc = None
         if self.home is not None:
-            import shutil
-
-            shutil.rmtree(self.home, ignore_errors=True)
+            scratch.remove(self.home)
             self.home = None
 
 

@@ -33,13 +33,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import jobgroup
+from .scratch import folder as scratch_folder
 
 NOBODY = 65534  # kept for callers that want the conventional unprivileged user
 UID_BASE = 1_200_000  # reserved range of user ids for check children; no account owns them
@@ -251,16 +251,15 @@ echo "network=$n pid=$p readonly=$r user=$u rlimits=$l"
 
 def _probe(isolation: Isolation) -> tuple[dict[str, bool], str]:
     """Run the probe inside ``wrap`` with the features ``isolation`` claims; the features seen, or the error."""
-    scratch = Path(tempfile.mkdtemp(prefix="gradcheck-selftest-"))
     try:
-        prepare_scratch(scratch, isolation)
-        host = [os.readlink(f"/proc/self/ns/{kind}") for kind in ("net", "pid")]
-        argv = wrap(["sh", "-c", _PROBE, "probe", str(scratch), *host], scratch, Limits(open_files=123), isolation)
-        proc = subprocess.run(argv, capture_output=True, timeout=30, env={"PATH": os.defpath}, cwd=scratch)
+        with scratch_folder("selftest") as scratch:
+            prepare_scratch(scratch, isolation)
+            host = [os.readlink(f"/proc/self/ns/{kind}") for kind in ("net", "pid")]
+            argv = wrap(["sh", "-c", _PROBE, "probe", str(scratch), *host], scratch, Limits(open_files=123),
+                        isolation)
+            proc = subprocess.run(argv, capture_output=True, timeout=30, env={"PATH": os.defpath}, cwd=scratch)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {}, f"{type(exc).__name__}: {exc}"
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     words = proc.stdout.decode(errors="replace").split()
     seen = {k: v == "1" for k, _, v in (w.partition("=") for w in words)}
     return seen, "" if proc.returncode == 0 and seen else proc.stderr.decode(errors="replace").strip()[:300]

@@ -56,7 +56,7 @@ def fuzz_target(pg_url: str, redis_target: RedisTarget, tmp_path_factory: pytest
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     app = create_app({"TESTING": True, "DATABASE_URL": pg_url, "BROKER_URL": redis_target.url, "DATA_DIR": str(tmp),
                       "BROKER_KEY_PREFIX": f"{redis_target.prefix}fuzz-{uuid.uuid4().hex[:6]}:",
-                      "MAX_CONTENT_LENGTH": 64 * 1024})
+                      "MAX_CONTENT_LENGTH": 64 * 1024, "SUBMIT_RATE_LIMIT": 0})  # fuzzing submits hundreds
     with app.app_context():
         token = create_token(store.session(), f"fuzz-{uuid.uuid4().hex[:8]}").token
         store.session().commit()
@@ -151,6 +151,11 @@ def test_spec_validator_through_the_api_answers_202_or_422_with_paths(fuzz_targe
     _assert_clean_422_or_202(response)
 
 
+def _body(rest: str) -> str:
+    """A body as JSON text (with tokens json.dumps would not write): the tiny spec, then ``rest``."""
+    return '{"spec": ' + json.dumps(TINY_SPEC) + ", " + rest + "}"
+
+
 @pytest.mark.parametrize(("body", "path"), [
     ("{not json", "$"),
     ("[" * 30_000 + "]" * 30_000, "$"),  # nesting that would exhaust Python's JSON decoder's recursion
@@ -162,6 +167,12 @@ def test_spec_validator_through_the_api_answers_202_or_422_with_paths(fuzz_targe
     (json.dumps({"spec": TINY_SPEC, "metadata": {"timeout_s": 1e308}}), "$.metadata.timeout_s"),
     (json.dumps({"spec": {**TINY_SPEC, "name": "a\u0000b"}}), "$.spec.name"),
     (json.dumps({"spec": TINY_SPEC, "metadata": {"git": {"branch": "\ud800"}}}), "$.metadata.git.branch"),
+    # non-finite numbers, which PostgreSQL's JSON would refuse at the INSERT (once a 500), and repeated keys
+    (_body('"options": {"safety_factor": 1e999}'), "$.options.safety_factor"),
+    (_body('"options": {"thresholds": {"exploding_norm": Infinity}}'),
+     "$.options.thresholds.exploding_norm"),
+    (_body('"metadata": {"timeout_s": NaN}'), "$.metadata.timeout_s"),
+    (_body('"options": {"probes": 2, "probes": 3}'), "$.options"),
 ])
 def test_bad_bodies_are_422_naming_the_path(fuzz_target: FuzzTarget, body: str, path: str) -> None:
     response = fuzz_target.client.post("/api/v1/runs", data=body, content_type="application/json",

@@ -309,3 +309,37 @@ def test_reaper_requeues_a_message_lost_between_redis_and_the_worker(pg_url: str
         assert session.get(Run, lost).progress_stage == "requeued"  # type: ignore[union-attr]
         assert session.get(Run, waiting).progress_stage is None  # type: ignore[union-attr]
         assert reap_stale_runs(session, stale_after_s=30) == []  # sent again once, not on every tick
+
+
+def _scratch_folders(root: Path) -> list[str]:
+    """The service's folders in a temporary directory (Celery's own ``pymp-*`` folder aside)."""
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("gradcheck-"))
+
+
+def test_a_sigkilled_worker_leaves_no_job_folder(redis_pg_service: Service, tmp_path: Path) -> None:
+    """A pool process SIGKILLed mid-run runs no cleanup: its job folder (definition, job.json, the model's output)
+    and its check runner's home stay behind. The pool process that replaces it removes them at its start, and the
+    re-delivered run, once finished, leaves nothing either."""
+    service = redis_pg_service
+    root = tmp_path / "tmp"
+    root.mkdir()
+    api = Api(service, f"scratch-{uuid.uuid4().hex[:8]}")
+    worker = ServiceProcess(["worker", "--loglevel", "INFO", "-n", "scratch@%h", "--concurrency", "1"],
+                            {**service.env(), "TMPDIR": str(root)}, tmp_path / "scratch-worker.log")
+    try:
+        worker.wait_for(" ready.", timeout=90)
+        assert api.wait(api.submit_spec(spec()))["status"] == "passed"  # starts the pool process's check runner
+        slow = api.submit_file(SLOW_MODEL.replace("{sleep}", "6"), "slow.py")
+        running = api.wait(slow, statuses=("running",))
+        job_folder = wait_until(lambda: next(root.glob(f"gradcheck-job-{slow[:12]}-*"), None), 30, "the job folder")
+        assert (job_folder / "job.json").is_file()
+        assert [name for name in _scratch_folders(root) if name.startswith("gradcheck-home-")]  # the runner's home
+        assert _kill_pool_process(running, [worker])
+        wait_until(lambda: not _scratch_folders(root), 60, "the new pool process to remove the killed one's folders")
+        finished = api.wait(slow, timeout=120)
+        assert finished["status"] == "passed" and finished["attempts"] == 2, finished
+        assert _scratch_folders(root) == [], "a folder outlived its run"
+    finally:
+        worker.stop()
+    assert _scratch_folders(root) == []
+    assert "removed 2 scratch folders of killed worker processes" in worker.output()

@@ -112,3 +112,41 @@ def test_environment_lists_what_each_started_worker_recorded(api_app: Flask, cli
 
     assert workers[0]["packages"][0] == {"name": "torch", "version": torch.__version__}
     assert client.get("/api/v1/environment").status_code == 401
+
+
+def test_file_names_with_bidi_controls_are_shown_escaped(api_app: Flask, client: FlaskClient,
+                                                         project: Project) -> None:
+    """U+202E (right-to-left override) in a file name would make "evil", U+202E, "yp.txt" display as
+    "eviltxt.py"."""
+    response = _post(client, project, pack({"check.py": b"def build(): ...\n", "evil\u202eyp.txt": b"x"}),
+                     entry="check.py")
+    assert response.status_code == 202, response.get_json()
+    sign_in(client, project.token)
+    html = client.get(f"/runs/{response.get_json()['id']}").get_data(as_text=True)
+    assert "\u202e" not in html
+    assert "<code>evil\\u202eyp.txt</code>" in html
+
+
+@pytest.mark.parametrize("fields", [
+    {"model": (io.BytesIO(b"def build(): ...\n"), "m.py"), "archive": (io.BytesIO(pack({"c.py": b""})), "r.zip"),
+     "entry": "c.py"},  # both
+    {"options": "{}"},  # neither
+    {"model": (io.BytesIO(b"def build(): ...\n"), "m.py"), "entry": "c.py"},  # entry belongs with an archive
+    {"archive": (io.BytesIO(pack({"c.py": b"def build(): ...\n"})), "r.zip")},  # an archive without its entry
+])
+def test_exactly_one_of_model_and_archive_as_the_openapi_document_says(api_app: Flask, client: FlaskClient,
+                                                                      project: Project, fields: dict[str, Any]) -> None:
+    from gradcheck_service.api.openapi import build_document
+
+    with api_app.app_context():
+        form = build_document(api_app)["paths"]["/api/v1/runs"]["post"]["requestBody"]["content"][
+            "multipart/form-data"]["schema"]
+    branches = form["oneOf"]
+    assert [b["required"] for b in branches] == [["model"], ["archive", "entry"]]
+    assert {n["required"][0] for n in branches[0]["not"]["anyOf"]} == {"archive", "entry", "pythonpath"}
+    assert branches[1]["not"] == {"required": ["model"]}
+    matches = [set(b["required"]) <= set(fields) and not any(set(n["required"]) <= set(fields) for n in (
+        b["not"].get("anyOf") or [b["not"]])) for b in branches]
+    assert matches.count(True) != 1  # the document refuses this form ...
+    response = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data", data=fields)
+    assert response.status_code == 422 and response.is_json  # ... and so does the API

@@ -106,6 +106,22 @@ def test_filters_and_cursor_paging(api_app: Flask, client: FlaskClient, project:
         assert response.get_json()["error"]["problems"][0]["path"] == path
 
 
+@pytest.mark.parametrize(("query", "path", "message"), [
+    ("until=0.5", "query.until", "expected an ISO 8601 date or time"),  # not seconds since 1970
+    ("since=1700000000", "query.since", "expected an ISO 8601 date or time"),
+    ("status=passed&status=failed", "query.status", "given more than once"),
+    ("passed=true&passed=false", "query.passed", "given more than once"),
+    ("cursor=a&cursor=b", "query.cursor", "given more than once"),
+    ("limit=1&limit=2", "query.limit", "given more than once"),
+])
+def test_numbers_as_dates_and_repeated_parameters_are_refused(client: FlaskClient, project: Project, query: str,
+                                                              path: str, message: str) -> None:
+    response = client.get(f"/api/v1/runs?{query}", headers=project.headers)
+    assert response.status_code == 422 and response.is_json
+    problems = response.get_json()["error"]["problems"]
+    assert [p["path"] for p in problems] == [path] and message in problems[0]["message"], problems
+
+
 def test_models_compare_definition_delete(api_app: Flask, client: FlaskClient, project: Project,
                                           passing_report: dict[str, Any], failing_report: dict[str, Any]) -> None:
     good, bad = _submit(client, project, name="net"), _submit(client, project, name="net")

@@ -5,11 +5,15 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from pydantic import ValidationError
 
 from gradcheck_service.api.schemas import RunOut
+from gradcheck_service.definitions.json_input import NOT_FINITE
 from gradcheck_service.extensions import machine_has_cuda
+from gradcheck_service.options import CheckOptions
 from tests.service_support import BUGGY_MODEL, spec
 from tests.unit.service_api import Project
 
@@ -146,3 +150,64 @@ def test_body_over_the_limit_is_413_json(client: FlaskClient, project: Project) 
     upload = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data",
                          data={"model": (io.BytesIO(b"#" * 300_000), "m.py")})
     assert upload.status_code == 413 and upload.is_json
+
+
+_TINY = json.dumps(spec())
+
+
+def _body(rest: str, spec_text: str = _TINY) -> str:
+    """A body as JSON text (with tokens json.dumps would not write): the tiny spec, then ``rest``."""
+    return '{"spec": ' + spec_text + (", " + rest if rest else "") + "}"
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    (_body('"options": {"safety_factor": 1e999}'), "$.options.safety_factor"),
+    (_body('"options": {"thresholds": {"exploding_norm": Infinity}}'),
+     "$.options.thresholds.exploding_norm"),
+    (_body('"metadata": {"timeout_s": NaN}'), "$.metadata.timeout_s"),
+    (_body('"options": {"seed": -Infinity}'), "$.options.seed"),
+    ('{"spec": {"name": "t", "input": {"shape": [4, 3]}, "layers": [{"type": "dropout", "p": -1e400}]}}',
+     "$.spec.layers[0].p"),
+])
+def test_non_finite_numbers_are_refused_with_their_json_path(client: FlaskClient, project: Project, body: str,
+                                                             path: str) -> None:
+    response = client.post("/api/v1/runs", data=body, content_type="application/json", headers=project.headers)
+    assert response.status_code == 422
+    assert _problems(response) == {path: NOT_FINITE}
+    assert client.get("/api/v1/runs", headers=project.headers).get_json()["runs"] == []  # nothing was stored
+
+
+def test_non_finite_numbers_in_form_fields_and_spec_files_are_refused(client: FlaskClient, project: Project) -> None:
+    response = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data", data={
+        "model": (io.BytesIO(BUGGY_MODEL.encode()), "m.py"), "options": '{"thresholds": {"vanishing_ratio": NaN}}'})
+    assert _problems(response) == {"options.thresholds.vanishing_ratio": NOT_FINITE}
+    text = _TINY.replace('"seed": 0', '"seed": 1e999')
+    response = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data",
+                           data={"model": (io.BytesIO(text.encode()), "tiny.json")})
+    assert _problems(response) == {"model:$.seed": NOT_FINITE}
+    # the library and the CLI validate the same options model
+    with pytest.raises(ValidationError, match="finite number"):
+        CheckOptions(safety_factor=float("inf"))
+
+
+@pytest.mark.parametrize(("body", "path", "key"), [
+    (_body('"options": {"mode": "fast", "mode": "full"}'), "$.options", "mode"),
+    (_body('"spec": ' + _TINY), "$", "spec"),
+    (_body('"metadata": {"git": {"branch": "a", "branch": "b"}}'), "$.metadata.git", "branch"),
+    (_body("", _TINY.replace('"seed": 0', '"seed": 0, "seed": 1')), "$.spec", "seed"),
+])
+def test_duplicate_keys_in_a_body_are_refused_naming_the_key(client: FlaskClient, project: Project, body: str,
+                                                             path: str, key: str) -> None:
+    response = client.post("/api/v1/runs", data=body, content_type="application/json", headers=project.headers)
+    assert response.status_code == 422
+    assert _problems(response) == {path: f"the key '{key}' appears more than once"}
+
+
+def test_duplicate_keys_in_form_fields_and_spec_files_are_refused(client: FlaskClient, project: Project) -> None:
+    response = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data", data={
+        "model": (io.BytesIO(BUGGY_MODEL.encode()), "m.py"), "metadata": '{"labels": ["a"], "labels": ["b"]}'})
+    assert _problems(response) == {"metadata": "the key 'labels' appears more than once"}
+    text = _TINY.replace('"seed": 0', '"seed": 0, "seed": 1')
+    response = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data",
+                           data={"model": (io.BytesIO(text.encode()), "tiny.json")})
+    assert _problems(response) == {"model:$": "the key 'seed' appears more than once"}

@@ -215,8 +215,10 @@ def test_json_syntax_error_has_line_and_column(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ('{"input": {"shape": [2, NaN]}, "layers": [{"type": "relu"}]}', "NaN is not valid JSON"),
-    ('{"seed": 1, "seed": 2, "input": {"shape": [2]}, "layers": [{"type": "relu"}]}', "duplicate key 'seed'"),
+    ('{"input": {"shape": [2, NaN]}, "layers": [{"type": "relu"}]}', "$.input.shape[1]: not a finite number"),
+    ('{"input": {"shape": [2]}, "layers": [{"type": "dropout", "p": 1e999}]}', "$.layers[0].p: not a finite number"),
+    ('{"seed": 1, "seed": 2, "input": {"shape": [2]}, "layers": [{"type": "relu"}]}',
+     "$: the key 'seed' appears more than once"),
     ('{"input": {"shape": [2, ' + "9" * 5000 + ']}, "layers": []}', "digits"),
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("", "Expecting value"),

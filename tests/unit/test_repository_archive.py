@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from gradcheck_service.ci.config import ConfigError, load_config
 from gradcheck_service.definitions.archive import ArchiveError, Limits, pack, read_archive, write_files
 from gradcheck_service.definitions.imports import local_imports
 from tests.e2e.repository_layouts import LAYOUTS
+from tests.service_support import tar_gz_bomb, tar_gz_directory_bomb
 
 
 def _layout(tmp_path: Path, name: str) -> Path:
@@ -150,6 +152,22 @@ def test_caps_are_counted_on_the_bytes_unpacked_not_the_headers() -> None:
     big = pack({f"m{i}.py": b"#" * 1000 for i in range(5)})
     with pytest.raises(ArchiveError, match="more than 3,000 bytes of files once unpacked"):
         read_archive(big, Limits(max_total_bytes=3000))
+
+
+@pytest.mark.parametrize(("bomb", "problem"), [
+    (tar_gz_bomb(), ("bomb.py", "larger than 2,097,152 bytes")),  # 1.5 GiB member: stops past the per-file limit
+    (tar_gz_bomb(kind=b"Z"), ("", "more than 10,440,704 bytes once decompressed (the files' limit plus their tar "
+                                  "headers)")),  # 1.5 GiB skipped over by its declared size: stops past the total
+    (tar_gz_directory_bomb(), ("", "more than 500 directories")),  # a million headers of nothing
+])
+def test_tar_bombs_are_refused_at_the_first_byte_past_a_limit(bomb: bytes, problem: tuple[str, str]) -> None:
+    """Reading stops at a limit instead of inflating the whole archive (9 s of CPU for the 1.5 GiB member once)."""
+    assert len(bomb) < 3 * 2**20
+    started = time.process_time()
+    with pytest.raises(ArchiveError) as caught:
+        read_archive(bomb)
+    assert time.process_time() - started < 0.5
+    assert caught.value.problems == [problem]
 
 
 def test_write_files_checks_paths_again(tmp_path: Path) -> None:
