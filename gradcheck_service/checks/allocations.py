@@ -18,6 +18,7 @@ Two independent instruments:
 from __future__ import annotations
 
 import gc
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -74,20 +75,39 @@ def distinct_storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Tensors in nested lists/tuples/dicts (ATen arguments and results; cheaper than a general pytree walk)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, list | tuple):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
+def _aten_tensors(values: Iterable[Any]) -> list[torch.Tensor]:
+    """The tensors among ATen operator arguments or results.
+
+    An ATen schema nests at most one level: each value is a tensor, a scalar, None, or a flat list (``Tensor[]``,
+    ``Tensor?[]``, ``int[]``). Walking exactly that is several times cheaper than a general recursive walk, which
+    cost more than the operators themselves on models made of many small ones (a GPT block).
+    """
+    found: list[torch.Tensor] = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, list | tuple):
+            found.extend(item for item in value if isinstance(item, torch.Tensor))
+    return found
+
+
+def _storages(tensors: list[torch.Tensor]) -> list[Any]:
+    return [part.untyped_storage() for tensor in tensors for part in dense_parts(tensor)]
 
 
 class AllocationTracker(TorchDispatchMode):
-    """Live and peak bytes of storages created by ATen operators while active (CPU peak measurement)."""
+    """Live and peak bytes of storages created by ATen operators while active (CPU peak measurement).
+
+    PyTorch wraps every mode's ``__torch_dispatch__`` in ``torch._dynamo.disable`` unless the class opts out; the
+    first call then imports ``torch._dynamo`` (and sympy with it): 1-6 s in a fresh process, many times the
+    training step being measured. The tracker opts out: its bookkeeping is plain Python that no compiler needs to
+    skip, and a model compiled with ``torch.compile`` has imported dynamo already, so :func:`allocation_tracker`
+    hands it the wrapped variant.
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,8 +123,8 @@ class AllocationTracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if is_untracked():
             return out
-        inputs = {id(part.untyped_storage()) for a in _tensors((args, kwargs)) for part in dense_parts(a)}
-        for storage in (part.untyped_storage() for result in _tensors(out) for part in dense_parts(result)):
+        inputs = {id(storage) for storage in _storages(_aten_tensors((*args, *(kwargs or {}).values())))}
+        for storage in _storages(_aten_tensors(out if isinstance(out, list | tuple) else (out,))):
             key = id(storage)
             if key in inputs or key in self._alive:
                 continue  # a view or in-place result: no new memory
@@ -121,6 +141,24 @@ class AllocationTracker(TorchDispatchMode):
         for fin in self._alive.values():
             fin.detach()
         self._alive.clear()
+
+
+class _DynamoSkippingTracker(AllocationTracker):
+    """The tracker with ``__torch_dispatch__`` hidden from dynamo, for processes that have dynamo loaded."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return True
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def allocation_tracker() -> AllocationTracker:
+    """A new tracker; hidden from dynamo only when dynamo is already imported (``torch.compile`` may be in use)."""
+    if "torch._dynamo" in sys.modules:
+        return _DynamoSkippingTracker()
+    return AllocationTracker()
 
 
 @dataclass
@@ -261,7 +299,7 @@ def measure_step(
             _sync(device)
             result.peak_increase_bytes = torch.cuda.max_memory_allocated(device) - base
         else:
-            tracker = AllocationTracker()
+            tracker = allocation_tracker()
             with tracker:
                 with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
                     loss = compute_loss(model, inputs, loss_fn)

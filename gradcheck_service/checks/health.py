@@ -74,6 +74,12 @@ def _finite_stats(tensor: torch.Tensor) -> tuple[float, float, float, int, int]:
             nan_count, inf_count)
 
 
+def _finite_norm(tensor: torch.Tensor) -> float:
+    """L2 norm over the finite entries: one reduction, the full statistics only when it is not finite."""
+    norm = float(torch.linalg.vector_norm(tensor.detach()))
+    return norm if math.isfinite(norm) else _finite_stats(tensor)[0]
+
+
 def _all_finite(tensor: torch.Tensor) -> bool:
     """Whether every entry is finite; a finite sum proves it in one allocation-free pass."""
     t = tensor.detach()
@@ -99,7 +105,7 @@ def _parameter_gradients(model: nn.Module) -> list[ParameterGradient]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        weight_norm = _finite_stats(p)[0] if p.numel() else 0.0
+        weight_norm = _finite_norm(p) if p.numel() else 0.0
         if p.grad is None:
             norm = max_abs = mean_abs = 0.0
             nan_count = inf_count = 0
