@@ -12,7 +12,6 @@ from ..options import CheckOptions
 from .gradcheck import is_linear_in_parameters
 from .layers import dense
 from .loss import LossFn
-from .rng import RngState
 from .working_copy import CheckError, WorkingCopy, relocated
 
 
@@ -54,7 +53,7 @@ def _run_analytic(work: WorkingCopy, inputs: tuple[torch.Tensor, ...], loss: Los
         if is_linear_in_parameters(m):
             handles.append(m.register_forward_hook(_recorder(name, calls)))
     try:
-        RngState.seeded(opts.seed).restore()
+        work.rng.restore()
         out = module(*args)
         value = loss(out, *args)
         float_args = [args[i] for i in work.float_input_indices]

@@ -122,7 +122,8 @@ def run_gradient_check(
     work: WorkingCopy, loss: LossFn, opts: CheckOptions, progress: Progress
 ) -> tuple[GradientCheck, AnalyticPass, LossEvaluator]:
     analytic = run_analytic(work, loss, opts)
-    evaluator = LossEvaluator(work.module, work.inputs, loss, opts.seed, chunk_size=opts.chunk_size)
+    evaluator = LossEvaluator(work.module, work.inputs, loss, opts.seed, chunk_size=opts.chunk_size,
+                              rng_state=work.rng)
     gen = torch.Generator().manual_seed(opts.seed + 7919)
     loss_finite = math.isfinite(evaluator.base_loss)
     reproducible = loss_finite and is_reproducible(evaluator, work.dtype)

@@ -172,7 +172,7 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
                 if isinstance(v, torch.Tensor) and v.is_floating_point() and v.requires_grad
             ]
             rec = ModuleCall(name, m, n, leaves, spec, [keystr(p) for p, _v in flat], differentiable,
-                             RngState.capture(), problem="; ".join(problems) or None,
+                             work.rng.like(), problem="; ".join(problems) or None,
                              parent=active[-1] if active else None)
             stack.setdefault(id(m), []).append(rec)
             active.append(len(calls))
@@ -191,7 +191,7 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
         handles.append(m.register_forward_pre_hook(pre(name), with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
-        RngState.seeded(seed).restore()
+        work.rng.restore()
         args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in work.inputs)
         value = loss(work.module(*args), *args)
         if value.requires_grad:

@@ -16,7 +16,6 @@ from .directions import measure, probe_directions
 from .evaluator import Target, rounding_noise
 from .gradcheck import Checked, compare, summarize
 from .loss import LossFn
-from .rng import RngState
 from .working_copy import WorkingCopy
 
 
@@ -29,7 +28,7 @@ class GradientDotEvaluator:
         gen = torch.Generator().manual_seed(seed + 31337)
         self.w = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in self.params.items()}
         self.evaluations = 0
-        self.rng_state = RngState.seeded(seed)
+        self.rng_state = work.rng
         self.floor_noise = False  # measured in full: no screening pass here
         value, grads = self._s({}, create_graph=False)
         self.base_loss = float(value)

@@ -20,7 +20,7 @@ from torch import nn
 from ..options import CheckOptions
 from .loss import LossFn, RandomProjection, float_leaves
 from .reference_dtype import KeepFloat64
-from .rng import RngState
+from .rng import RngState, generators_drawn, seed_all
 
 
 class CheckError(ValueError):
@@ -36,6 +36,7 @@ class WorkingCopy:
     dtype: torch.dtype  # lowest floating precision the forward computes in: sets the finite-difference error model
     promoted: bool
     float_input_indices: list[int]
+    rng: RngState  # the seeded state of the generators the forward draws from: restored before every pass
     notes: list[str] = field(default_factory=list)
     keep_float64: KeepFloat64 | None = None  # set when promoted: casts below float64 are kept in float64
 
@@ -120,7 +121,7 @@ def _prepare(
         work_inputs = tuple(_promote(t) for t in inputs)
         assert keep is not None
         with keep:
-            dtype = _trial(model, work_inputs, loss, opts.seed, notes)
+            dtype, rng = _trial(model, work_inputs, loss, opts.seed, notes)
         promoted = True
         kept = keep.describe()
         if kept:
@@ -136,7 +137,7 @@ def _prepare(
         state.place("cpu", None)
         work_inputs = tuple(t.detach().to("cpu").clone() for t in inputs)
         try:
-            dtype = _trial(model, work_inputs, loss, opts.seed, notes)
+            dtype, rng = _trial(model, work_inputs, loss, opts.seed, notes)
         except Exception as exc2:
             raise CheckError(f"the model's forward/backward raised {type(exc2).__name__}: {_first_line(exc2)}") from exc2
         promoted, keep = False, None
@@ -145,7 +146,7 @@ def _prepare(
                      "promotion; tolerances use that precision")
     _freeze_running_stats(model)
     float_idx = [i for i, t in enumerate(work_inputs) if t.is_floating_point()]
-    return WorkingCopy(model, work_inputs, dtype, promoted, float_idx, notes, keep)
+    return WorkingCopy(model, work_inputs, dtype, promoted, float_idx, rng, notes, keep)
 
 
 @contextmanager
@@ -166,20 +167,28 @@ def _promote(t: torch.Tensor) -> torch.Tensor:
 
 def _trial(
     module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, seed: int, notes: list[str] | None = None
-) -> torch.dtype:
-    """Run forward + backward once; return the lowest float precision seen in any module output or the loss.
+) -> tuple[torch.dtype, RngState]:
+    """Run forward + backward once; return the lowest float precision seen in any module output or the loss, and
+    the seeded state of the generators the pass drew from (what every later pass restores).
 
     The state this first forward leaves (a cache it builds lazily, a counter) stays: it is the state the analytic
     pass and every evaluation then start from, as the second step of training would.
     """
     seen: set[torch.dtype] = set()
+    seed_all(seed)
+    python, numpy = generators_drawn(lambda: _forward_backward(module, inputs, loss, notes, seen))
+    return max(seen, key=lambda d: torch.finfo(d).eps) if seen else torch.float64, RngState.seeded(seed, python, numpy)
+
+
+def _forward_backward(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, notes: list[str] | None, seen: set[torch.dtype]
+) -> None:
 
     def record(_m: nn.Module, _i: object, out: object) -> None:
         seen.update(t.real.dtype if t.is_complex() else t.dtype for t in float_leaves(out))  # complex128: float64
 
     handles = [m.register_forward_hook(record) for m in module.modules()]
     try:
-        RngState.seeded(seed).restore()
         args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
         out = module(*args)
         if not any(True for _ in float_leaves(out)):
@@ -201,7 +210,6 @@ def _trial(
             h.remove()
         for p in module.parameters():
             p.grad = None
-    return max(seen, key=lambda d: torch.finfo(d).eps) if seen else torch.float64
 
 
 def _freeze_running_stats(module: nn.Module) -> None:
