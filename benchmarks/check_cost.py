@@ -54,6 +54,7 @@ print(json.dumps(result))
 
 
 def cold_check(path: Path, timeout: float, env: dict[str, str]) -> dict:
+    """The check of the model file in a fresh CLI process: wall time, and the JSON report under "report"."""
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -66,7 +67,7 @@ def cold_check(path: Path, timeout: float, env: dict[str, str]) -> dict:
     report = json.loads(proc.stdout)
     gc = report["gradient_check"]
     return {"cold_s": wall, "verdict": report["verdict"], "evaluations": gc["evaluations"],
-            "gradient_check_s": report["timings"]["gradient_check_s"]}
+            "gradient_check_s": report["timings"]["gradient_check_s"], "report": report}
 
 
 def import_floor(env: dict[str, str]) -> float:
@@ -75,12 +76,18 @@ def import_floor(env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
+def training_step(path: Path, env: dict[str, str], warm: bool = False) -> dict:
+    """One forward + loss + backward of the model file, the fastest of 20 in a fresh process ("step_s"); with
+    ``warm``, also a second check in that process ("warm_s")."""
+    out = subprocess.run([sys.executable, "-c", _STEP_AND_WARM, str(path), "warm" if warm else "step"],
+                         capture_output=True, text=True, timeout=None, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def measure(name: str, timeout: float, warm: bool, env: dict[str, str]) -> dict:
     path = MODELS / f"{name.split(':')[0]}.py"
     result = {"model": name, **cold_check(path, timeout, env)}
-    out = subprocess.run([sys.executable, "-c", _STEP_AND_WARM, str(path), "warm" if warm else "step"],
-                         capture_output=True, text=True, timeout=None, env=env)
-    result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    result.update(training_step(path, env, warm))
     step = result["step_s"]
     if result.get("cold_s"):
         result["cold_steps"] = result["cold_s"] / step
