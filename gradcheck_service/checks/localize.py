@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils._pytree import TreeSpec, keystr, tree_flatten_with_path, tree_unflatten
 
 from ..options import CheckOptions
-from ..report import Localization, ModuleCheck
+from ..report import Localization, ModuleCheck, TensorCheck
 from .analytic import AnalyticPass
 from .evaluator import LossEvaluator, Target
 from .gradcheck import Checked, no_gradient_by_design, probe_together
@@ -306,7 +306,7 @@ class Known:
     """
 
     root_failed: str | None = None
-    local: dict[str, bool] = field(default_factory=dict)
+    local: dict[str, TensorCheck] = field(default_factory=dict)
 
 
 def localize(work: WorkingCopy, loss: LossFn, opts: CheckOptions, analytic: AnalyticPass,
@@ -349,30 +349,43 @@ class _Bisection:
         self.swept_out: int | None = None  # calls the sweep left unchecked when its budget ran out
         self.names = {id(p): n for n, p in work.trainable_parameters()}
         self.local = known.local
-        self.failing = self._known_failing(known)
+        self.failing: dict[int, ModuleCheck] = {}
+        self._known_failing(known)
         self.unconfirmed: list[int] = []  # failing only by inference: measured unless a submodule call fails
 
     def _parameters(self, rec: ModuleCall, recurse: bool) -> list[str]:
         return [self.names[id(p)] for _n, p in rec.module.named_parameters(recurse=recurse) if id(p) in self.names]
 
-    def _known_failing(self, known: Known) -> dict[int, str]:
-        """Calls the check already saw fail, with why: the root, and the calls around a failing local check."""
-        failing: dict[int, str] = {}
+    def _fail(self, i: int, why: str, measured: TensorCheck | None = None) -> None:
+        """Call i fails without being probed here: ``measured`` is the comparison that saw it, if any."""
+        rec = self.calls[i]
+        self.failing[i] = ModuleCheck(
+            module=rec.name, type=type(rec.module).__name__, call=rec.call, passed=False,
+            max_abs_error=measured.max_abs_error if measured else 0.0,
+            max_rel_error=measured.max_rel_error if measured else 0.0,
+            max_error_ratio=measured.max_error_ratio if measured else None,
+            probes=0, blamed=False, detail=why, defined_in=_defined_in(rec.module))
+
+    def _known_failing(self, known: Known) -> None:
+        """Calls the check already saw fail: the root, and the calls around a failing local check."""
         per_module: dict[int, int] = {}
         for rec in self.calls:
             per_module[id(rec.module)] = per_module.get(id(rec.module), 0) + 1
         for i, rec in enumerate(self.calls):
             if known.root_failed is not None and rec.parent is None and rec.module is self.work.module:
-                failing[i] = known.root_failed
-            bad = [n for n in self._parameters(rec, recurse=False) if self.local.get(n) is False]
+                self._fail(i, known.root_failed)
+            bad = [self.local[n] for n in self._parameters(rec, recurse=False) if n in self.local
+                   and not self.local[n].passed]
             if not bad or per_module[id(rec.module)] > 1:  # a module called twice: which call failed is unknown
                 continue
-            failing[i] = f"gradient w.r.t. its own parameters (its local check failed: {', '.join(bad[:3])})"
+            worst = max(bad, key=lambda t: t.max_error_ratio or 0.0)
+            self._fail(i, f"gradient w.r.t. its own parameters (its local check failed: "
+                          f"{', '.join(t.name for t in bad[:3])})", worst)
             parent = rec.parent
             while parent is not None:
-                failing.setdefault(parent, f"runs {rec.name}, whose own parameters failed their local check")
+                if parent not in self.failing:
+                    self._fail(parent, f"runs {rec.name}, whose own parameters failed their local check")
                 parent = self.calls[parent].parent
-        return failing
 
     def run(self) -> None:
         queue = list(self.children.get(None, []))
@@ -413,23 +426,22 @@ class _Bisection:
     def _visit(self, i: int) -> bool:
         """Check call i; whether its submodule calls need checking (it failed or could not be judged)."""
         rec = self.calls[i]
-        why = self.failing.get(i)
         parent = rec.parent
-        if why is None and self.children.get(i) and not rec.differentiable and parent is not None and (
+        if i not in self.failing and self.children.get(i) and not rec.differentiable and parent is not None and (
                 self._fails(parent) and rec.seconds >= INFER_SHARE * self.calls[parent].seconds):
-            why = f"not measured: most of the forward time of {self.calls[parent].name or '(root)'}, which fails"
+            self._fail(i, f"not measured: most of the forward time of {self.calls[parent].name or '(root)'}, "
+                          f"which fails")
             self.unconfirmed.append(i)
-        if why is not None:
-            self.checked[i] = ModuleCheck(module=rec.name, type=type(rec.module).__name__, call=rec.call,
-                                          passed=False, max_abs_error=0.0, max_rel_error=0.0, probes=0,
-                                          blamed=False, detail=why, defined_in=_defined_in(rec.module))
+        if i in self.failing:
+            self.checked[i] = self.failing[i]
             return True
         return self._measure(i)
 
     def _measure(self, i: int) -> bool:
         rec = self.calls[i]
         own, subtree = self._parameters(rec, recurse=False), self._parameters(rec, recurse=True)
-        judged = bool(subtree) and set(own) == set(subtree) and all(self.local.get(n) for n in own)
+        judged = bool(subtree) and set(own) == set(subtree) and all(n in self.local and self.local[n].passed
+                                                                      for n in own)
         try:
             self.checked[i], spent = check_call(rec, self.opts, self.work.dtype, parameters_judged=judged)
         except Exception as exc:
