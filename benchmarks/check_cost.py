@@ -75,13 +75,14 @@ def run_cli(path: Path, timeout: float, env: dict[str, str], *flags: str) -> tup
 
 
 def cold_check(path: Path, timeout: float, env: dict[str, str]) -> dict:
+    """The gradient check alone in a fresh CLI process: wall time, and the JSON report under "report"."""
     run = run_cli(path, timeout, env, "--no-health", "--no-memory")
     if run is None:
         return {"cold_s": None, "over_cap_s": timeout}
     wall, report = run
     gc = report["gradient_check"]
     return {"cold_s": wall, "verdict": report["verdict"], "evaluations": gc["evaluations"],
-            "gradient_check_s": report["timings"]["gradient_check_s"]}
+            "gradient_check_s": report["timings"]["gradient_check_s"], "report": report}
 
 
 def cold_report(path: Path, timeout: float, env: dict[str, str], repeats: int) -> dict:
@@ -104,12 +105,20 @@ def import_floor(env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
-def measure(name: str, timeout: float, warm: bool, env: dict[str, str], repeats: int) -> dict:
-    path = MODELS / f"{name.split(':')[0]}.py"
-    result = {"model": name, **cold_check(path, timeout, env), **cold_report(path, timeout, env, repeats)}
+def training_step(path: Path, env: dict[str, str], warm: bool = False) -> dict:
+    """One forward + loss + backward of the model file, the fastest of 20 in a fresh process ("step_s"); with
+    ``warm``, also a second check in that process ("warm_s")."""
     out = subprocess.run([sys.executable, "-c", _STEP_AND_WARM, str(path), "warm" if warm else "step"],
                          capture_output=True, text=True, timeout=None, env=env)
-    result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def measure(name: str, timeout: float, warm: bool, env: dict[str, str], repeats: int) -> dict:
+    path = MODELS / f"{name.split(':')[0]}.py"
+    checked = cold_check(path, timeout, env)
+    checked.pop("report", None)
+    result = {"model": name, **checked, **cold_report(path, timeout, env, repeats)}
+    result.update(training_step(path, env, warm))
     step = result["step_s"]
     if result.get("cold_s"):
         result["cold_steps"] = result["cold_s"] / step

@@ -1,9 +1,10 @@
 """A failing check at scale: the GPT-2-small shape (124M parameters) with one seeded wrong backward.
 
 Block 5's MLP activation is replaced by a GELU whose backward forgets the ``x * pdf(x)`` term. Prints the verdict,
-the module localization names, how many module calls the bisection checked, and where the time went. A
-whole-model re-check at this size would take hours, so the report is built from the local checks (see the
-README's "Local strategy"). ``--size tiny`` runs the 2-layer 32-wide model instead (a few seconds).
+the module localization names, how many module calls the bisection checked, and where the time went. The report
+is built from the local checks (see the README's "Local strategy"); a whole-model re-check (``recheck``) would take
+hours at this size. ``benchmarks/failing_cost.py`` sets the same bug beside the passing check, in training
+steps. ``--size tiny`` runs the 2-layer 32-wide model instead (a few seconds).
 
 Run: ``python benchmarks/failing_large.py [--size tiny|small] [--block N]``.
 """
@@ -60,7 +61,8 @@ def main() -> None:
     gc, loc = report.gradient_check, report.localization
     print(f"{report.model.trainable_parameters:,} parameters, seeded bug in block {block}: {report.verdict}")
     print(f"  named: {', '.join(loc.faulty_modules) or '(none)'}")
-    print(f"  bisection checked {loc.calls_checked} of {loc.calls_recorded} module calls")
+    print(f"  bisection checked {loc.calls_checked} of {loc.calls_recorded} module calls ({loc.evaluations} "
+          f"evaluations of single calls)")
     print(f"  strategy {gc.strategy}, {gc.evaluations} evaluations, joint probes "
           f"{'passed' if gc.composition and gc.composition.passed else 'failed'}")
     print(f"  {wall:.1f} s in all: gradient check {report.timings.gradient_check_s:.1f} s, localization "

@@ -80,8 +80,13 @@ class CheckOptions(BaseModel):
     )
     strategy: Literal["local", "global"] = Field(
         "local", description="default and fast mode: check each parameter through its own module's recorded call "
-        "plus joint probes over all parameters (local), falling back to the whole-model check when anything fails; "
-        "or always perturb through the whole model (global). full mode is always global.")
+        "plus joint probes over all parameters (local; a failure is re-checked through the whole model only with "
+        "recheck); or always perturb through the whole model (global). full mode is always global.")
+    recheck: bool = Field(
+        False, description="default and fast mode: when the local strategy fails, re-check every tensor coordinate "
+        "by coordinate through the whole model for the report (as full mode does). Off, the failing report comes "
+        "from the local checks and localization, at about the cost of a passing check; on, it can cost thousands "
+        "of training steps at the size of an LM.")
     localize: bool = Field(True, description="When the check fails, name the modules whose own backward is wrong.")
     health: bool = Field(True, description="Gradient norms and the vanishing/exploding diagnosis.")
     memory: bool = Field(True, description="Measured memory profile of one training step.")

@@ -136,6 +136,8 @@ class Localization(_Model):
     calls_recorded: int = Field(0, description="Module calls in the recorded forward.")
     calls_checked: int = Field(0, description="Module calls checked on their own: the bisection of the module tree "
                                "checks a call's submodule calls only when the call itself fails.")
+    evaluations: int = Field(0, description="Forwards of single module calls the localization spent (each one "
+                             "module's forward, not the model's).")
     note: str | None = None
 
 

@@ -19,6 +19,7 @@ from .callables import as_module, differentiable_inputs, require_checkable
 from .evaluator import LossEvaluator, Target, precision_note
 from .gradcheck import Checked, check_tensor, no_gradient_by_design
 from .linear_layers import check_linear_layers
+from .localize import Known
 from .loss import LossFn, resolve_loss
 from .rng import isolated_randomness
 from .working_copy import CheckError, WorkingCopy, working_model
@@ -73,12 +74,7 @@ def check(
 
             t0 = time.perf_counter()
             report_progress("localization", 0.0)
-            composition = gradient_check.composition
-            root_failed = None
-            if composition is not None and not composition.passed:
-                root_failed = (f"joint probes through the whole model failed (rel err "
-                               f"{composition.max_rel_error:.2e})")
-            localization = localize(work, loss, opts, analytic, root_failed)
+            localization = localize(work, loss, opts, analytic, known_to_localization(gradient_check))
             timings.localization_s = time.perf_counter() - t0
         if opts.order == 2:
             from .second_order import check_second_order
@@ -108,6 +104,19 @@ def check(
     report.passed = report.verdict == "passed"
     report_progress("done", 1.0)
     return report
+
+
+def known_to_localization(gc: GradientCheck) -> Known:
+    """What the failing check measured that localization can take as measured (see :class:`Known`)."""
+    composition = gc.composition
+    root_failed = None
+    if composition is not None and not composition.passed:
+        root_failed = f"joint probes through the whole model failed (rel err {composition.max_rel_error:.2e})"
+    else:
+        bad = next((t for t in gc.inputs if not t.passed and t.scope == "global"), None)
+        if bad is not None:
+            root_failed = f"gradient w.r.t. {bad.name} through the whole model failed (rel err {bad.max_rel_error:.2e})"
+    return Known(root_failed=root_failed, local={t.name: t for t in gc.parameters if t.scope == "local"})
 
 
 def normalize_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -172,52 +181,26 @@ def run_gradient_check(
     )
 
 
-# Where something fails, the whole-model check re-measures every tensor for the report when its cost, counted in
-# evaluations x parameters (a forward's cost grows with the parameters), stays under this; beyond it the failing
-# report is built from the local checks (see _local_strategy). A count, not a timing, so the same model always
-# gets the same report: a 1M-parameter MLP (~1e10, seconds) re-runs, a 124M-parameter LM (~2e13, hours) does not.
-GLOBAL_FALLBACK_BUDGET = 2e10
-# How much dearer an evaluation is when the model cannot run under vmap (one forward each instead of a chunk).
-SEQUENTIAL_COST_FACTOR = 64.0
-
-
-def global_cost_estimate(work: WorkingCopy, opts: CheckOptions) -> float:
-    """Evaluations x parameters the whole-model check would spend: 4 evaluations per compared direction."""
-    named = work.trainable_parameters()
-    directions = sum(p.numel() if p.numel() <= opts.max_coordinates else opts.sample_coordinates + 16 + opts.probes
-                     for _name, p in named)
-    return 4.0 * directions * sum(p.numel() for _name, p in named)
-
-
 def _local_strategy(
     work: WorkingCopy, loss: LossFn, opts: CheckOptions, analytic: AnalyticPass, evaluator: LossEvaluator,
     gen: torch.Generator,
 ) -> tuple[GradientCheck | None, TensorCheck | None]:
     """Local checks per owning module + joint probes.
 
-    None when anything fails and the whole-model check is affordable (it then runs for the report). Where it would
-    take too long (a 124M-parameter LM would need hours; a 30k-parameter one that cannot be batched, minutes) the
-    failing report is this one: failing tensors re-checked coordinate by coordinate through their own module, every
-    other tensor's local verdict, the joint probes' verdict, and localization to name the module.
+    None when anything fails and ``opts.recheck`` asks for the whole-model check (it then runs for the report).
+    Otherwise the failing report is this one: failing tensors re-checked coordinate by coordinate through their
+    own module, every other tensor's local verdict, the joint probes' verdict, and localization to name the
+    module. A whole-model re-check measures every coordinate through a full forward: thousands of training steps
+    for a 30k-parameter model that cannot be batched, hours for a 124M-parameter LM, where this report costs
+    about what the passing check does.
     """
     from .local import check_locally, joint_probes, local_plan
 
     composition = joint_probes(work, evaluator, analytic.parameter_grads, opts)
-    # A model that cannot be batched (an autograd.Function without a vmap rule) is evaluated one perturbation at a
-    # time: there the whole-model re-check costs a full forward per evaluation, minutes even for 30k parameters.
-    def keep_local() -> bool:
-        """Whether the failing report stays local: the whole-model re-check would cost too much."""
-        estimate = global_cost_estimate(work, opts)
-        if estimate > GLOBAL_FALLBACK_BUDGET / SEQUENTIAL_COST_FACTOR:  # only then does batching decide it
-            name, first = work.trainable_parameters()[0]
-            if not evaluator.batches(Target("parameter", name, first.detach())):
-                estimate *= SEQUENTIAL_COST_FACTOR
-        return estimate > GLOBAL_FALLBACK_BUDGET
-
-    if composition is None or (not composition.passed and not keep_local()):
+    if composition is None or (not composition.passed and opts.recheck):
         return None, composition
     local = check_locally(work, loss, opts)
-    if not all(t.passed for t in local.checks.values()) and not keep_local():
+    if not all(t.passed for t in local.checks.values()) and opts.recheck:
         return None, composition
     items = {item.name: item for item in checked_tensors(work, analytic)}
     for name in [*local.unchecked, *(f"input[{i}]" for i in work.float_input_indices)]:
@@ -227,14 +210,14 @@ def _local_strategy(
     inputs = [local.checks[f"input[{i}]"] for i in work.float_input_indices]
     params = [local.checks[n] for n, _ in work.trainable_parameters()]
     passed = composition.passed and all(t.passed for t in params + inputs)
-    if not passed and not keep_local():
+    if not passed and opts.recheck:
         return None, composition
     notes = [f"{len(local.unchecked)} parameter(s) had no call that could be re-run alone and were checked through "
              f"the whole model: {', '.join(local.unchecked[:5])}"] if local.unchecked else []
     if not passed:
-        notes.append("the whole-model check was not re-run for this report (too costly at this size): each "
-                     "parameter's verdict is its own module's backward at its recorded call; the joint probes judge "
-                     "the gradients as training sees them")
+        notes.append("the whole-model check was not re-run for this report (recheck off): each parameter's verdict "
+                     "is its own module's backward at its recorded call; the joint probes judge the gradients as "
+                     "training sees them")
     return GradientCheck(
         passed=passed, reproducible=True, mode=opts.mode, order=opts.order,
         dtype=str(work.dtype).replace("torch.", ""), promoted=work.promoted, device=opts.device,

@@ -27,10 +27,13 @@ def parse_bytes(text: str) -> int:
 def check_options(
     mode: str, order: int, device: str, seed: int, fail_on: str | None, memory_budget: str | None,
     precision: str | None, checkpoint: tuple[str, ...], batch_scaling: bool, health: bool, memory: bool,
+    recheck: bool = False,
 ) -> dict[str, Any]:
     """CLI flags -> CheckOptions fields (shared by `check` and `ci`)."""
     options: dict[str, Any] = {"mode": mode, "order": order, "device": device, "seed": seed,
                                "health": health, "memory": memory, "batch_scaling": batch_scaling}
+    if recheck:
+        options["recheck"] = True
     if fail_on:
         options["fail_on"] = [part.strip() for part in fail_on.split(",") if part.strip()]
     if memory_budget:
@@ -57,6 +60,9 @@ def check_options(
 @click.option("--checkpoint", multiple=True, help="Measure gradient checkpointing for this block ('all': every "
               "top-level block). Repeatable.")
 @click.option("--batch-scaling", is_flag=True, help="Fit activation memory against batch size.")
+@click.option("--recheck", is_flag=True, help="When the default check fails, re-check every tensor coordinate by "
+              "coordinate through the whole model (slow at scale; the failing report otherwise comes from the local "
+              "checks and localization).")
 @click.option("--no-health", is_flag=True, help="Skip gradient norms and the diagnosis.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
@@ -65,8 +71,8 @@ def check_options(
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def check_command(
     path: str, mode: str, order: str, device: str, seed: int, fail_on: str | None, memory_budget: str | None,
-    precision: str | None, checkpoint: tuple[str, ...], batch_scaling: bool, no_health: bool, no_memory: bool,
-    as_json: bool, allow_inconclusive: bool, debug: bool,
+    precision: str | None, checkpoint: tuple[str, ...], batch_scaling: bool, recheck: bool, no_health: bool,
+    no_memory: bool, as_json: bool, allow_inconclusive: bool, debug: bool,
 ) -> None:
     """Check the model in PATH (a .py model file or a .json spec) against finite differences."""
     from ..checks.working_copy import CheckError
@@ -79,7 +85,7 @@ def check_command(
     captured = CapturedOutput()
     try:
         options = check_options(mode, int(order), device, seed, fail_on, memory_budget, precision, checkpoint,
-                                batch_scaling, not no_health, not no_memory)
+                                batch_scaling, not no_health, not no_memory, recheck)
         from ..options import CheckOptions
 
         opts = CheckOptions(**options)

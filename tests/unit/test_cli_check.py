@@ -142,3 +142,13 @@ def test_inconclusive_exits_1_unless_allowed(tmp_path: Path) -> None:
     assert "INCONCLUSIVE" in result.output and "not reproducible" in result.output
     allowed = CliRunner().invoke(main, ["check", str(path), "--allow-inconclusive", *QUICK])
     assert allowed.exit_code == 0, allowed.output
+
+
+@pytest.mark.parametrize("flag", [[], ["--recheck"]], ids=["local-report", "recheck"])
+def test_recheck_flag_asks_for_the_whole_model_re_check(flag: list[str]) -> None:
+    result = CliRunner().invoke(main, ["check", str(EXAMPLES / "buggy_custom_function.py"), "--json", *flag, *QUICK])
+    assert result.exit_code == 1, result.output
+    report = Report.model_validate_json(result.output)
+    assert report.options.recheck == bool(flag)
+    assert report.gradient_check.strategy == ("global" if flag else "local")
+    assert report.localization.faulty_modules == ["blocks.1.activation"]

@@ -94,9 +94,10 @@ def test_the_ratio_is_stored_with_each_tensor_row(api_app: Flask, client: FlaskC
     run_id = failed_run(api_app, client, project)
     sign_in(client, project.token)
     report = client.get(f"/runs/{run_id}.json").get_json()["report"]
-    expected = {t["name"]: t["max_error_ratio"] for t in report["gradient_check"]["parameters"]}
+    gc = report["gradient_check"]
+    expected = {t["name"]: t["max_error_ratio"] for t in gc["parameters"] + gc["inputs"]}
     with api_app.app_context():
-        rows = store.session().query(TensorResult).filter_by(run_id=run_id, kind="parameter").all()
+        rows = store.session().query(TensorResult).filter_by(run_id=run_id).all()
         assert {row.name: row.max_error_ratio for row in rows} == pytest.approx(expected)
         assert all(row.passed == (row.max_error_ratio <= 1) for row in rows)
         assert {row.passed for row in rows} == {True, False}

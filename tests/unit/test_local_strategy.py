@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from gradcheck_service import check
-from gradcheck_service.checks import engine
 from tests.fixtures.seeded_functions import WrongGrad, plain_scaled_grad
 
 QUICK: dict[str, Any] = {"health": False, "memory": False}
@@ -62,14 +61,17 @@ class Block(nn.Module):
         return self.b(WrongGrad.apply(self.a(x)))
 
 
-def test_a_bug_no_submodule_owns_fails_the_joint_probes_and_names_the_parent() -> None:
+@pytest.mark.parametrize("recheck", [False, True], ids=["local-report", "recheck"])
+def test_a_bug_no_submodule_owns_fails_the_joint_probes_and_names_the_parent(recheck: bool) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(Block(), nn.Linear(8, 3))
-    report = check(model, (torch.randn(5, 6),), **QUICK)
+    report = check(model, (torch.randn(5, 6),), recheck=recheck, **QUICK)
     gc = report.gradient_check
     assert report.verdict == "failed"
     assert gc.composition is not None and not gc.composition.passed  # every local check alone would pass
-    assert gc.strategy == "global"  # the failure is reported tensor by tensor, as the whole-model check sees it
+    # With recheck the failure is reported tensor by tensor, as the whole-model check sees it; without, the report
+    # is the local one.
+    assert gc.strategy == ("global" if recheck else "local")
     assert report.localization.faulty_modules == ["0"]
     # Named by bisection of the module tree: below the passing call of 0.b nothing was checked.
     loc = report.localization
@@ -139,9 +141,7 @@ def test_a_wrong_coordinate_of_a_large_tensor_is_found_by_in_place_perturbation(
     assert report.localization.faulty_modules == ["2"]
 
 
-def test_where_the_whole_model_check_is_too_costly_a_failing_report_comes_from_the_local_checks(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "GLOBAL_FALLBACK_BUDGET", 0.0)  # as for a 124M-parameter model
+def test_a_failing_default_report_comes_from_the_local_checks_and_names_the_coordinate() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 256), nn.Tanh(), CornerOff(), nn.Tanh(), nn.Linear(256, 2))
     report = check(model, (torch.randn(4, 16),), **QUICK)
@@ -154,11 +154,12 @@ def test_where_the_whole_model_check_is_too_costly_a_failing_report_comes_from_t
     assert all(by_name[n].passed for n in by_name if n != "2.weight")
     assert report.localization.faulty_modules == ["2"]
     assert any("not re-run" in note for note in gc.notes)
+    # Module 2's own parameters failed their local check: localization takes that as measured.
+    two = next(m for m in report.localization.modules if m.module == "2")
+    assert not two.passed and two.blamed and two.probes == 0 and "local check failed" in (two.detail or "")
 
 
-def test_a_bug_no_module_owns_fails_the_verdict_without_the_whole_model_check(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "GLOBAL_FALLBACK_BUDGET", 0.0)
+def test_a_bug_no_module_owns_fails_the_verdict_without_the_whole_model_check() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(10, 6), Block(), nn.Linear(8, 3))  # token ids: no float input to blame
     report = check(model, (torch.randint(0, 10, (5,)),), **QUICK)
@@ -184,13 +185,16 @@ class _Wrong(nn.Module):
         return self.fn.apply(x)
 
 
-@pytest.mark.parametrize(("fn", "strategy"), [(WrongGrad, "global"), (_PlainWrongGrad, "local")])
-def test_a_model_that_cannot_be_batched_counts_as_dearer_to_re_check(
-        monkeypatch: pytest.MonkeyPatch, fn: Any, strategy: str) -> None:
-    # ~1e8 evaluations x parameters: affordable batched, 64 times that one evaluation at a time is not.
-    monkeypatch.setattr(engine, "GLOBAL_FALLBACK_BUDGET", 1e9)
+# A model that cannot be batched is evaluated one forward at a time: its re-check takes minutes even at 4k
+# parameters, which is why it runs on request alone (not tried here with recheck for that reason).
+@pytest.mark.parametrize(("fn", "recheck"), [(WrongGrad, False), (WrongGrad, True), (_PlainWrongGrad, False)],
+                         ids=["batched-local-report", "batched-recheck", "sequential-local-report"])
+def test_the_whole_model_re_check_runs_on_request_alone(fn: Any, recheck: bool) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 256), nn.Tanh(), _Wrong(fn), nn.Linear(256, 2))
-    report = check(model, (torch.randn(4, 16),), **QUICK)
-    assert report.verdict == "failed" and report.gradient_check.strategy == strategy
+    report = check(model, (torch.randn(4, 16),), recheck=recheck, **QUICK)
+    gc = report.gradient_check
+    assert report.verdict == "failed" and gc.strategy == ("global" if recheck else "local")
     assert report.localization.faulty_modules == ["2"]
+    if recheck:  # tensor by tensor through the whole model: every weight before the bug fails
+        assert not {t.name: t for t in gc.parameters}["0.weight"].passed

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from gradcheck_service import check
-from tests.fixtures.hf_models import BUILDERS, Classifier, _ids
-from tests.fixtures.seeded_functions import WrongGrad
+from tests.fixtures.hf_models import BUILDERS, Classifier
+from tests.fixtures.hf_seeded import SEEDED
 
 QUICK: dict[str, Any] = {"health": False, "memory": False}
 
@@ -47,135 +47,18 @@ def test_real_architecture_passes_with_real_coverage(name: str, train: bool) -> 
     assert len(unresolved) <= max(1, len(tensors) // 10), _summary(report)
 
 
-# The seeded Functions here are written in the vmap-compatible style, as in tests/fixtures/seeded_functions.py.
+# The seeded bugs (tests/fixtures/hf_seeded.py) are Functions in the vmap-compatible style, as in
+# tests/fixtures/seeded_functions.py.
 
 
-class WrongBackward(nn.Module):
-    """Wraps a module; its output is right, its backward is 50 % too large."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return WrongGrad.apply(self.inner(*args, **kwargs))
-
-
-class BuggyGelu(nn.Module):
-    """GELU whose backward forgets the x * pdf(x) term (a hand-written kernel's classic mistake)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _BuggyGeluFn.apply(x)
-
-
-class _BuggyGeluFn(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.gelu(x)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * 0.5 * (1 + torch.erf(x / 2**0.5))
-
-
-def test_gpt2_wrong_activation_backward_is_named() -> None:
-    model, inputs, loss = BUILDERS["gpt2"]()
-    model.inner.transformer.h[1].mlp.act = BuggyGelu()
+@pytest.mark.parametrize("case", sorted(SEEDED))
+def test_seeded_bug_in_a_real_architecture_is_named(case: str) -> None:
+    model, inputs, loss, faulty = SEEDED[case](True)
     report = check(model, inputs, loss, **QUICK)
     assert report.verdict == "failed"
-    assert report.localization.faulty_modules == ["inner.transformer.h.1.mlp.act"], report.localization.note
-
-
-def test_llama_wrong_backward_in_float32_internal_rmsnorm_is_named() -> None:
-    model, inputs, loss = BUILDERS["llama"]()
-    layer = model.inner.model.layers[0]
-    layer.post_attention_layernorm = WrongBackward(layer.post_attention_layernorm)
-    report = check(model, inputs, loss, **QUICK)
-    assert report.verdict == "failed"
-    assert report.localization.faulty_modules == ["inner.model.layers.0.post_attention_layernorm"], (
-        report.localization.note)
-    assert any("kept float64" in w for w in report.warnings)
-
-
-def test_vit_detach_inside_a_block_forward_is_named() -> None:
-    model, inputs, loss = BUILDERS["vit"]()
-    mlp = model.inner.vit.layers[0].mlp
-
-    class Detaching(type(mlp)):  # type: ignore[misc]
-        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-            return self.fc2(self.activation_fn(self.fc1(hidden_states)).detach())
-
-    mlp.__class__ = Detaching
-    report = check(model, inputs, loss, **QUICK)
-    assert report.verdict == "failed"
-    assert report.localization.faulty_modules == ["inner.vit.layers.0.mlp"], report.localization.note
-
-
-class DiagonalSoftmax(nn.Module):
-    """Softmax whose backward keeps only the Jacobian's diagonal: y (1 - y) g instead of y (g - <g, y>)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _DiagonalSoftmaxFn.apply(x)
-
-
-class _DiagonalSoftmaxFn(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(x, dim=-1)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return grad * y * (1 - y)
-
-
-def _attention_with_softmax_module(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                   attention_mask: torch.Tensor | None, scaling: float | None = None,
-                                   dropout: float = 0.0, **_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    weights = module.softmax(scores) if hasattr(module, "softmax") else torch.softmax(scores, dim=-1)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
-
-
-class MaskedClassifier(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.inner(input_ids=ids, attention_mask=mask, labels=labels).loss
-
-
-def test_bert_softmax_submodule_behind_an_additive_mask_is_named() -> None:
-    from transformers import AttentionInterface, BertConfig, BertForSequenceClassification
-
-    AttentionInterface.register("softmax_module", _attention_with_softmax_module)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=8, num_labels=3, attn_implementation="softmax_module"))
-    model.bert.encoder.layer[0].attention.self.softmax = DiagonalSoftmax()
-    mask = torch.ones(2, 8, dtype=torch.long)
-    mask[0, 5:] = 0  # padding: the softmax's input holds the additive mask's most negative float there
-    report = check(MaskedClassifier(model), (_ids(), mask, torch.tensor([0, 2])), **QUICK)
-    assert report.verdict == "failed"
-    assert report.localization.faulty_modules == ["inner.bert.encoder.layer.0.attention.self.softmax"], (
-        report.localization.note)
+    assert report.localization.faulty_modules == [faulty], report.localization.note
+    if case == "llama_rmsnorm":  # the float32-internal RMSNorm is computed in float64 all the same
+        assert any("kept float64" in w for w in report.warnings)
 
 
 def test_pad_tokens_in_the_loss_are_not_a_false_alarm() -> None:
