@@ -46,7 +46,7 @@ def _run_analytic(work: WorkingCopy, inputs: tuple[torch.Tensor, ...], loss: Los
     module = work.module
     names = dict(work.trainable_parameters())
     params = [p for n, p in module.named_parameters() if n in names]
-    args = tuple(t.detach().clone().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
+    args = work.leaf_inputs(inputs)
     calls: dict[str, list[LayerCall]] = {}
     handles = []
     for name, m in module.named_modules():

@@ -196,7 +196,7 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
         handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
         work.rng.restore()
-        args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in work.inputs)
+        args = work.leaf_inputs()
         value = loss(work.module(*args), *args)
         if value.requires_grad:
             value.backward()  # as training runs it: an inner backward of a reversible layer works too

@@ -47,6 +47,11 @@ class WorkingCopy:
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
 
+    def leaf_inputs(self, inputs: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
+        """Fresh leaves of the inputs for one pass: the checked float inputs require grad, the others as given."""
+        return tuple(t.detach().clone().requires_grad_(True) if i in self.float_input_indices else t
+                     for i, t in enumerate(self.inputs if inputs is None else inputs))
+
 
 # What nn.Module.__init__ puts in every module's __dict__: restored through their own paths (or never touched).
 _MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}
@@ -121,7 +126,7 @@ def _prepare(
         work_inputs = tuple(_promote(t) for t in inputs)
         assert keep is not None
         with keep:
-            dtype, rng = _trial(model, work_inputs, loss, opts.seed, notes)
+            dtype, rng, inputs_grad = _trial_as_the_model_allows(model, work_inputs, loss, opts.seed, notes)
         promoted = True
         kept = keep.describe()
         if kept:
@@ -137,7 +142,7 @@ def _prepare(
         state.place("cpu", None)
         work_inputs = tuple(t.detach().to("cpu").clone() for t in inputs)
         try:
-            dtype, rng = _trial(model, work_inputs, loss, opts.seed, notes)
+            dtype, rng, inputs_grad = _trial_as_the_model_allows(model, work_inputs, loss, opts.seed, notes)
         except Exception as exc2:
             raise CheckError(f"the model's forward/backward raised {type(exc2).__name__}: {_first_line(exc2)}") from exc2
         promoted, keep = False, None
@@ -145,7 +150,7 @@ def _prepare(
         notes.append(f"the forward computes in {str(dtype).replace('torch.', '')} internally despite float64 "
                      "promotion; tolerances use that precision")
     _freeze_running_stats(model)
-    float_idx = [i for i, t in enumerate(work_inputs) if t.is_floating_point()]
+    float_idx = [i for i, t in enumerate(work_inputs) if t.is_floating_point()] if inputs_grad else []
     return WorkingCopy(model, work_inputs, dtype, promoted, float_idx, rng, notes, keep)
 
 
@@ -165,8 +170,31 @@ def _promote(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64) if t.is_floating_point() else t.clone()
 
 
+# What autograd says when a forward sets requires_grad on a tensor derived from an input (wav2vec2's feature encoder
+# does ``hidden_states.requires_grad = True`` on a view of its input): only a leaf's flag can be changed.
+_SETS_REQUIRES_GRAD = "you can only change requires_grad flags of leaf variables"
+
+
+def _trial_as_the_model_allows(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, seed: int, notes: list[str]
+) -> tuple[torch.dtype, RngState, bool]:
+    """:func:`_trial` with float inputs requiring grad, or, for a forward that sets that flag itself, without.
+
+    Returns also whether the float inputs can require grad (and so be checked).
+    """
+    try:
+        return (*_trial(module, inputs, loss, seed, notes), True)
+    except RuntimeError as exc:
+        if _SETS_REQUIRES_GRAD not in str(exc):
+            raise
+    notes.append("the forward sets requires_grad on a tensor computed from its float input itself, as in training, "
+                 "so the inputs are given as plain tensors and their gradients are not checked (parameters are)")
+    return (*_trial(module, inputs, loss, seed, notes, inputs_grad=False), False)
+
+
 def _trial(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, seed: int, notes: list[str] | None = None
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, seed: int, notes: list[str] | None = None,
+    inputs_grad: bool = True,
 ) -> tuple[torch.dtype, RngState]:
     """Run forward + backward once; return the lowest float precision seen in any module output or the loss, and
     the seeded state of the generators the pass drew from (what every later pass restores).
@@ -176,12 +204,13 @@ def _trial(
     """
     seen: set[torch.dtype] = set()
     seed_all(seed)
-    python, numpy = generators_drawn(lambda: _forward_backward(module, inputs, loss, notes, seen))
+    python, numpy = generators_drawn(lambda: _forward_backward(module, inputs, loss, notes, seen, inputs_grad))
     return max(seen, key=lambda d: torch.finfo(d).eps) if seen else torch.float64, RngState.seeded(seed, python, numpy)
 
 
 def _forward_backward(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, notes: list[str] | None, seen: set[torch.dtype]
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], loss: LossFn, notes: list[str] | None, seen: set[torch.dtype],
+    inputs_grad: bool,
 ) -> None:
 
     def record(_m: nn.Module, _i: object, out: object) -> None:
@@ -189,7 +218,7 @@ def _forward_backward(
 
     handles = [m.register_forward_hook(record) for m in module.modules()]
     try:
-        args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs)
+        args = tuple(t.detach().requires_grad_(inputs_grad) if t.is_floating_point() else t for t in inputs)
         out = module(*args)
         if not any(True for _ in float_leaves(out)):
             raise CheckError("the model's output has no floating-point tensor to differentiate")

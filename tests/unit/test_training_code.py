@@ -103,3 +103,29 @@ def test_sparse_embedding_gradients_are_compared_as_dense() -> None:
     report = check(SparseEmbeddings(), torch.randint(0, 10, (3, 5)))
     assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
     assert _compared_everything(report)
+
+
+class CTCLoss(nn.Module):
+    def __init__(self, inner: nn.Module, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.inner, self.labels = inner, labels
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_values=audio, labels=self.labels).loss
+
+
+def test_wav2vec2_in_train_mode_with_specaugment_is_checked_as_it_trains() -> None:
+    """Its feature encoder sets requires_grad on its input's view itself; SpecAugment draws its masks with NumPy."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    config = Wav2Vec2Config(
+        vocab_size=12, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(8, 8), conv_stride=(4, 4), conv_kernel=(8, 8), num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2, mask_time_prob=0.3, mask_time_length=2, mask_feature_prob=0.2,
+        mask_feature_length=2, layerdrop=0.0)
+    torch.manual_seed(0)
+    model = CTCLoss(Wav2Vec2ForCTC(config).train(), torch.randint(1, 12, (2, 5)))
+    report = check(model, torch.randn(2, 400))
+    assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
+    assert report.gradient_check.reproducible and _compared_everything(report)
+    assert any("sets requires_grad" in note for note in report.warnings)
