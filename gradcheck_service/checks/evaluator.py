@@ -33,6 +33,8 @@ SEQUENTIAL_TARGET_BYTES = 64 * 2**20
 # Up to this many evaluations at once (a tensor's probes) run one by one: no vmap to set up or verify, and no
 # batching rule to need (cross-entropy's under vmap imports sympy on first use, 0.4 s in a fresh process).
 FEW_EVALUATIONS = 8
+# What autograd says when a forward that calls torch.autograd.grad itself runs without grad enabled.
+_DIFFERENTIATES = ("does not require grad", "does not have a grad_fn")
 # Rounding noise up to this many machine epsilons of a precision (relative to the loss) is that precision's own.
 NOISE_EPS_MARGIN = 64.0
 # Entries of a tensor whose median sets the floor of its step scale (robust_scale).
@@ -157,6 +159,8 @@ class LossEvaluator:
         self.floor_noise = False
         # Targets whose loss shows rounding noise of a lower precision than float64 (see arithmetic_dtype).
         self.reduced_precision: dict[str, torch.dtype] = {}
+        # A forward that differentiates inside itself (forces as -dE/dpositions) runs with grad enabled.
+        self.differentiates = False
         activation_bytes = self._measure_activation_bytes()
         self.chunk_size = max(1, min(chunk_size, memory_budget_bytes // max(activation_bytes, 1)))
         self.base_loss = float(self.loss())
@@ -173,22 +177,34 @@ class LossEvaluator:
 
         handles = [m.register_forward_hook(count) for m in self.model.modules()]
         try:
-            with torch.no_grad():
-                self._forward(self.inputs)
+            try:
+                with torch.no_grad():
+                    self._forward(self.inputs)
+            except RuntimeError as exc:
+                if not any(marker in str(exc) for marker in _DIFFERENTIATES):
+                    raise
+                self.differentiates = True
+                total = 0
+                with self._grad_mode():
+                    self._forward(self.inputs)
         finally:
             for h in handles:
                 h.remove()
             self._restore_state()
         return total
 
+    def _grad_mode(self) -> Any:
+        """No autograd for evaluations, unless the forward itself differentiates (see ``differentiates``)."""
+        return torch.enable_grad() if self.differentiates else torch.no_grad()
+
     def _absolute_loss_scale(self) -> float:
         """Sum of |terms| of a random-projection loss: the magnitude its roundoff scales with."""
         if not isinstance(self.loss_fn, RandomProjection):
             return 0.0
-        with torch.no_grad(), self._seeded():
+        with self._grad_mode(), self._seeded():
             out = self.model(*self.inputs)
             total = sum(
-                float((leaf * self.loss_fn.weight(i, leaf)).abs().sum()) for i, leaf in enumerate(float_leaves(out))
+                float((leaf * self.loss_fn.weight(i, leaf)).abs().sum().detach()) for i, leaf in enumerate(float_leaves(out))
             )
         self._restore_state()
         return total
@@ -246,7 +262,7 @@ class LossEvaluator:
         return candidate
 
     def loss(self) -> torch.Tensor:
-        with torch.no_grad():
+        with self._grad_mode():
             out = self._forward(self.inputs)
             value = self.loss_fn(out, *self.inputs)
         self._restore_state()
@@ -277,11 +293,11 @@ class LossEvaluator:
 
     def loss_along(self, target: Target, direction: torch.Tensor, coefficient: float) -> float:
         """Loss at ``target.base + coefficient * direction``, one evaluation, no delta tensor materialised."""
-        with torch.no_grad(), self._maybe_hook(target):
+        with self._grad_mode(), self._maybe_hook(target):
             value = self._perturbed_loss(target, direction, coefficient)
             self._restore_state()
         self.evaluations += 1
-        return float(value)
+        return float(value.detach())
 
     def _perturbed_loss(
         self, target: Target, delta: torch.Tensor, coefficient: float | torch.Tensor = 1.0
@@ -311,7 +327,7 @@ class LossEvaluator:
 
     def losses(self, target: Target, deltas: torch.Tensor) -> torch.Tensor:
         """Loss at ``target.base + deltas[k]`` for every k; returns a 1-D tensor of len(deltas)."""
-        with torch.no_grad(), self._maybe_hook(target):
+        with self._grad_mode(), self._maybe_hook(target):
             if target.base.numel() * target.base.element_size() > SEQUENTIAL_TARGET_BYTES:
                 return self._sequential(target, deltas)  # a batch would hold one copy of the tensor per delta
             if self._batched_ok.get(target.key) is None:
@@ -324,7 +340,7 @@ class LossEvaluator:
     def batches(self, target: Target) -> bool:
         """Whether perturbations of ``target`` can be evaluated in batches under vmap (tried once, then known)."""
         if self._batched_ok.get(target.key) is None:
-            with torch.no_grad(), self._maybe_hook(target):
+            with self._grad_mode(), self._maybe_hook(target):
                 self._batched_ok[target.key] = self._batched_matches(target)
             self.any_fallback |= not self._batched_ok[target.key]
         return self._batched_ok[target.key]
@@ -359,7 +375,7 @@ class LossEvaluator:
         outer = vmap(inner, in_dims=(0, None), randomness="same")
         step = max(1, self.chunk_size // len(coefficients))
         parts = []
-        with torch.no_grad(), warnings.catch_warnings():
+        with self._grad_mode(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*batching rule.*", category=UserWarning)
             for start in range(0, directions.shape[0], step):
                 parts.append(outer(c, directions[start : start + step]))
@@ -408,8 +424,9 @@ class LossEvaluator:
                 old = view[i].clone()
                 view[i] = old + offsets[k].to(view.dtype)
                 try:
-                    out = self._forward(inputs)
-                    values[k] = float(self.loss_fn(out, *inputs))
+                    with self._grad_mode():
+                        out = self._forward(inputs)
+                        values[k] = float(self.loss_fn(out, *inputs).detach())
                 finally:
                     view[i] = old
                     self._restore_state()

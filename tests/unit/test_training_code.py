@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from gradcheck_service import check
-from tests.fixtures import hf_models, lazy_rotary
+from tests.fixtures import force_field, hf_models, lazy_rotary
 
 
 @pytest.fixture
@@ -129,3 +129,24 @@ def test_wav2vec2_in_train_mode_with_specaugment_is_checked_as_it_trains() -> No
     assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
     assert report.gradient_check.reproducible and _compared_everything(report)
     assert any("sets requires_grad" in note for note in report.warnings)
+
+
+@pytest.fixture
+def create_graph() -> Iterator[None]:
+    yield
+    force_field.CREATE_GRAPH = True
+
+
+def test_a_force_model_differentiating_inside_its_forward_is_checked() -> None:
+    report = check(*force_field.build())
+    assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
+    assert _compared_everything(report)
+    assert all(t.coordinates_checked + t.probes > 0 for t in report.gradient_check.inputs)
+
+
+def test_forces_without_create_graph_fail_and_name_the_force_module(create_graph: None) -> None:
+    force_field.CREATE_GRAPH = False
+    report = check(*force_field.build())
+    assert report.verdict == "failed"
+    assert report.localization.faulty_modules == [""]  # the root computes the forces
+    assert any("gradient health and memory not measured" in note for note in report.warnings)
