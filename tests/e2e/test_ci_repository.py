@@ -33,15 +33,19 @@ def _case(suite: ET.Element, name: str) -> ET.Element:
 
 
 def _assert_broken_model_named(junit: Path) -> None:
-    """The broken model's failures name a failing parameter and the faulty module, with numbers."""
+    """The broken model's failures name the failing tensor and the faulty module, with numbers.
+
+    In default mode each parameter is compared through its own module, where the upstream Linear's gradient is
+    right for the gradient it receives; the wrong gradient shows in the model's input and the joint probes.
+    """
     suites = _suites(junit)
     assert set(suites) >= {"broken", "good", "tiny"}
     failure = _case(suites["broken"], "gradient check").find("failure")
     assert failure is not None
     message = failure.get("message", "")
-    assert "encoder.proj." in message and "encoder.act" in message and "max rel error" in message
+    assert "input[0]" in message and "encoder.act" in message and "max rel error" in message
     text = failure.text or ""
-    assert "parameter encoder.proj.weight" in text and "parameter encoder.proj.bias" in text
+    assert "input input[0]" in text and "joint probes" in text
     assert "module encoder.act (ScaledTanh)" in text and "backprop" in text and "finite differences" in text
     assert "head.weight" not in text  # the head's gradients are right and are not blamed
     localization = _case(suites["broken"], "localization").find("failure")
@@ -68,7 +72,7 @@ def test_local_ci_on_a_repository_with_a_broken_model(tmp_path: Path) -> None:
     assert "git.example.com/team/toy-ml" in summary and "s3cret" not in summary  # credentials stripped
     assert "| `broken` | ❌ failed |" in summary and "`encoder.act`" in summary
     assert "| `good` | ✅ passed |" in summary and "| `tiny` | ✅ passed |" in summary
-    assert "parameter encoder.proj.weight: max abs error" in summary
+    assert "input input[0]: max abs error" in summary  # the wrong gradient as it reaches the model's input
     assert summary in done.stdout  # the same summary on stdout for the job log
     assert "Traceback" not in done.stderr
 
