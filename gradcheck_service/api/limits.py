@@ -88,7 +88,8 @@ def _too_many(setting: str, what: str) -> Callable[[RequestLimit], Response]:
     """The 429 answer of a limit, with the seconds until the oldest counted request leaves the window."""
 
     def answer(limit: RequestLimit) -> Response:
-        wait_s = max(1, math.ceil(limit.reset_at - time.time()))
+        # reset_at is whole seconds, rounded up: never promise a wait longer than the window itself
+        wait_s = min(max(1, math.ceil(limit.reset_at - time.time())), limit.limit.get_expiry())
         return error_response(429, "rate_limited", f"rate limit of {limit.limit} {what} per token reached "
                               f"({setting}); retry in {wait_s} s", {"Retry-After": str(wait_s)})
 
