@@ -24,5 +24,6 @@ def test_a_norm_whose_backward_is_wrong_only_in_its_input_gradient_is_named(bug:
     report = check(*float32_kernels.build(bug, arithmetic), health=False, memory=False)
     assert report.verdict == "failed"
     assert report.localization.faulty_modules == ["1"]
-    failing = {t.name for t in report.gradient_check.parameters if not t.passed}
-    assert "0.weight" in failing and "1.weight" not in failing  # upstream is wrong, the norm's own weight is not
+    gc = report.gradient_check
+    failing = {t.name for t in gc.parameters + gc.inputs if not t.passed}
+    assert "input[0]" in failing and "1.weight" not in failing  # upstream is wrong, the norm's own weight is not
