@@ -30,9 +30,14 @@ class GradientDotEvaluator:
         self.evaluations = 0
         self.rng_state = work.rng
         self.floor_noise = False  # measured in full: no screening pass here
+        self.reduced_precision: dict[str, torch.dtype] = {}
         value, grads = self._s({}, create_graph=False)
         self.base_loss = float(value)
         self.loss_scale = float(sum((g.abs() * self.w[n].abs()).sum() for n, g in grads.items())) + abs(float(value))
+
+    def arithmetic_dtype(self, _target: Target, dtype: torch.dtype) -> torch.dtype:
+        """The comparison's own dtype: the gradient's dot product is measured in the precision it is computed in."""
+        return dtype
 
     def _s(self, overrides: dict[str, torch.Tensor], create_graph: bool) -> tuple[torch.Tensor, dict]:
         params = {n: overrides.get(n, p).detach().requires_grad_(True) for n, p in self.params.items()}
