@@ -119,7 +119,7 @@ def _job_cgroups(run_id: str) -> list[Path]:
 def _job_cpu_seconds(run_id: str) -> float:
     """CPU seconds of the job's processes now, read from outside the job (all threads of each process)."""
     total = 0.0
-    marker = f"gradcheck-{run_id[:12]}"
+    marker = f"gradcheck-job-{run_id[:12]}"  # the job folder in the runner's command line
     for process in psutil.process_iter(["cmdline"]):
         try:
             if any(marker in arg for arg in process.info["cmdline"] or []):
@@ -131,7 +131,7 @@ def _job_cpu_seconds(run_id: str) -> float:
 
 
 def _threads_of(run_id: str) -> int:
-    marker = f"gradcheck-{run_id[:12]}"
+    marker = f"gradcheck-job-{run_id[:12]}"
     count = 0
     for process in psutil.process_iter(["cmdline", "num_threads"]):
         if any(marker in arg for arg in process.info["cmdline"] or []):
