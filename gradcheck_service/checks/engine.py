@@ -120,7 +120,8 @@ def known_to_localization(gc: GradientCheck) -> Known:
         bad = next((t for t in gc.inputs if not t.passed and t.scope == "global"), None)
         if bad is not None:
             root_failed = f"gradient w.r.t. {bad.name} through the whole model failed (rel err {bad.max_rel_error:.2e})"
-    return Known(root_failed=root_failed, local={t.name: t for t in gc.parameters if t.scope == "local"})
+    return Known(root_failed=root_failed, local={t.name: t for t in gc.parameters if t.scope == "local"},
+                 starved={t.name for t in gc.parameters if t.unused and not t.passed})
 
 
 def normalize_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
