@@ -90,6 +90,9 @@ def check(
             sections = {}
             work.notes.append(f"gradient health and memory not measured: {exc}")
     timings.total_s = time.perf_counter() - started
+    timings.peak_rss_bytes = process_peak_rss()
+    if opts.device == "cuda" and torch.cuda.is_available():
+        timings.peak_cuda_bytes = int(torch.cuda.max_memory_allocated())
     report = Report(
         passed=False,
         model=model_info(model, name),
@@ -108,6 +111,23 @@ def check(
     report.passed = report.verdict == "passed"
     report_progress("done", 1.0)
     return report
+
+
+def process_peak_rss() -> int | None:
+    """Peak resident memory of this process so far, in bytes (None where the platform does not say)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kilobytes on Linux
+    except (ImportError, OSError):
+        return None
 
 
 def known_to_localization(gc: GradientCheck) -> Known:

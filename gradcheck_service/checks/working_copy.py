@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..options import CheckOptions
+from .in_place import PROMOTED_FROM
 from .loss import LossFn, RandomProjection, float_leaves
 from .reference_dtype import KeepFloat64
 from .rng import RngState, generators_drawn, seed_all
@@ -110,9 +111,15 @@ def working_model(
 ) -> Iterator[WorkingCopy]:
     """The user's module on the CPU in float64 (its own dtype when float64 does not run) for the ``with`` block."""
     state = ModelState(model)
+    promoted_from = PROMOTED_FROM.set(None)
     try:
-        yield _prepare(model, state, inputs, loss, opts)
+        work = _prepare(model, state, inputs, loss, opts)
+        # Every working parameter is an exact copy of the model's own tensor (promoted): perturbed in place, it
+        # is put back from there (see in_place).
+        PROMOTED_FROM.set({p.data.data_ptr(): data for p, data, _grad in state.parameters})
+        yield work
     finally:
+        PROMOTED_FROM.reset(promoted_from)
         state.restore()
 
 
