@@ -16,7 +16,7 @@ from ..report import Coordinate, TensorCheck
 from .directions import Measured, measure, measure_coordinates, probe_directions
 from .evaluator import SEQUENTIAL_TARGET_BYTES, LossEvaluator, Target, large
 from .finite_difference import tolerance
-from .in_place import Directions, Space, robust_scale
+from .in_place import Directions, Space, robust_scale, smallest_scale
 
 # Relative-error denominators never drop below this fraction of the tensor's largest gradient, so an entry whose
 # gradient is ~0 does not report a meaningless relative error of 1e9.
@@ -221,11 +221,11 @@ def draw_seeds(gen: torch.Generator, count: int) -> list[int]:
     return [int(v) for v in torch.randint(0, 2**62, (count,), generator=gen)]
 
 
-def smallest_scale(target: Target) -> float:
+def target_scale(target: Target) -> float:
     """The smallest per-coordinate step scale of the target (its least visible coordinate to a probe)."""
     if target.space is not None:
         return min(target.space.min_scale(i) for i in range(len(target.space.parts)))
-    return float(robust_scale(target.base).min())
+    return smallest_scale(target.base)
 
 
 def undetected_error(target: Target, coords: Comparison | None, probes: Comparison | None,
@@ -246,7 +246,7 @@ def undetected_error(target: Target, coords: Comparison | None, probes: Comparis
     if not bool(valid.any()):
         return None
     slack = (probes.tolerance + probes.abs_error)[valid].min()
-    return float(slack) / smallest_scale(target)
+    return float(slack) / target_scale(target)
 
 
 def probe_together(

@@ -21,6 +21,8 @@ import torch
 # Entries of a tensor whose median sets the floor of its step scale (robust_scale).
 MEDIAN_SAMPLE = 65536
 
+# Entries of a part drawn at once (32 MiB of float64): what a direction holds in memory at a time.
+CHUNK = 2**22
 # Working tensor (by data pointer) -> the tensor it was promoted from, exactly (see working_copy.working_model).
 PROMOTED_FROM: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("promoted_from", default=None)
 
@@ -58,12 +60,27 @@ def scale_floor(tensors: Sequence[torch.Tensor]) -> float:
     return floor
 
 
+def smallest_scale(t: torch.Tensor, floor: float | None = None) -> float:
+    """``robust_scale(t, floor).min()`` without a copy of ``t``: its least visible coordinate to a probe."""
+    flat = t.detach().reshape(-1)
+    if floor is None:
+        floor = scale_floor([flat])
+    smallest = min((float(flat[k : k + CHUNK].abs().min()) for k in range(0, flat.numel(), CHUNK)), default=0.0)
+    return max(smallest, floor if floor > 0 else 1.0)
+
+
 def random_signs(n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` independent +-1 (int8), eight from every random byte: drawing one number per sign costs ~13 ns each,
     seconds for the joint probes of a 124M-parameter model."""
     drawn = torch.randint(0, 256, ((n + 7) // 8,), generator=generator, dtype=torch.uint8)
     bits = drawn.unsqueeze(1).bitwise_right_shift(torch.arange(8, dtype=torch.uint8)).bitwise_and_(1)
     return bits.reshape(-1)[:n].to(torch.int8).mul_(2).sub_(1)
+
+
+def _equal(t: torch.Tensor, source: torch.Tensor) -> bool:
+    """``t`` holds exactly ``source``'s values (in its own dtype), compared a chunk at a time."""
+    a, b = t.reshape(-1), source.reshape(-1)
+    return all(torch.equal(a[k : k + CHUNK], b[k : k + CHUNK].to(a.dtype)) for k in range(0, a.numel(), CHUNK))
 
 
 @dataclass
@@ -90,7 +107,7 @@ class Space:
         parts = []
         for t, still in zip(tensors, stills or [None] * len(tensors), strict=True):
             source = sources.get(t.data_ptr()) if t.is_contiguous() and t.numel() else None
-            if source is None or source.shape != t.shape or not torch.equal(t, source.to(t.dtype)):
+            if source is None or source.shape != t.shape or not _equal(t, source):
                 return None  # not a promoted parameter, or changed since (a forward that writes its own weights)
             parts.append(Part(t.detach(), source, still))
         return cls(parts)
@@ -99,10 +116,7 @@ class Space:
         return robust_scale(self.parts[i].tensor, self.floor)
 
     def min_scale(self, i: int) -> float:
-        t = self.parts[i].tensor
-        smallest = float(t.abs().min()) if t.numel() else 0.0
-        floor = self.floor if self.floor > 0 else 1.0
-        return max(smallest, floor)
+        return smallest_scale(self.parts[i].tensor, self.floor)
 
     def directions(self, seeds: Sequence[int], factor: float = 1.0) -> Directions:
         return Directions(self, list(seeds), factor)
@@ -136,7 +150,9 @@ class Directions:
         out = torch.zeros(len(self.seeds), dtype=torch.float64)
         for k, direction in enumerate(self):
             for i, g in enumerate(gradients):
-                out[k] += torch.dot(direction.part(i), g.reshape(-1).to(torch.float64))
+                flat = g.reshape(-1)
+                for where, d in direction.chunks(i):
+                    out[k] += torch.dot(d.to(torch.float64), flat[where].to(torch.float64))
         return out
 
 
@@ -148,15 +164,27 @@ class Direction:
 
     def part(self, i: int) -> torch.Tensor:
         """This direction's share of part ``i``, flat, in the part's dtype."""
+        return torch.cat([d for _where, d in self.chunks(i)])
+
+    def chunks(self, i: int) -> Iterator[tuple[slice, torch.Tensor]]:
+        """This direction's share of part ``i`` in pieces of CHUNK entries: where each goes, and its values.
+
+        Each piece is drawn from its own seed, so it is the same whenever it is drawn again; what a piece costs
+        in memory is CHUNK entries, whatever the size of the part.
+        """
         part = self.space.parts[i]
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
-        d = random_signs(part.tensor.numel(), gen).to(part.tensor.dtype)
-        d.mul_(self.space.scale(i).to(d.dtype))
-        if self.factor != 1.0:
-            d.mul_(self.factor)
-        if part.still is not None:
-            d.masked_fill_(part.still.reshape(-1), 0)
-        return d
+        flat = part.tensor.reshape(-1)
+        still = part.still.reshape(-1) if part.still is not None else None
+        for j, start in enumerate(range(0, flat.numel(), CHUNK)):
+            where = slice(start, min(start + CHUNK, flat.numel()))
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + i * 8191 + j) % 2**63)
+            d = random_signs(where.stop - where.start, gen).to(flat.dtype)
+            d.mul_(robust_scale(flat[where], self.space.floor).to(d.dtype))
+            if self.factor != 1.0:
+                d.mul_(self.factor)
+            if still is not None:
+                d.masked_fill_(still[where], 0)
+            yield where, d
 
     @contextmanager
     def applied(self, coefficient: float) -> Iterator[None]:
@@ -164,7 +192,9 @@ class Direction:
         try:
             with torch.no_grad():
                 for i, part in enumerate(self.space.parts):
-                    part.tensor.view(-1).add_(self.part(i), alpha=coefficient)
+                    flat = part.tensor.view(-1)
+                    for where, d in self.chunks(i):
+                        flat[where].add_(d, alpha=coefficient)
             yield
         finally:
             with torch.no_grad():

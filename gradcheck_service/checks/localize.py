@@ -196,6 +196,9 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
     for name, m in work.module.named_modules():
         handles.append(m.register_forward_pre_hook(pre(name), with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
+    for p in work.module.parameters():
+        if p.requires_grad:  # only the output gradients are kept: a parameter's gradient is let go as it lands
+            handles.append(p.register_post_accumulate_grad_hook(_drop_grad))
     try:
         work.rng.restore()
         args = work.leaf_inputs()
@@ -208,6 +211,10 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
         for p in work.module.parameters():
             p.grad = None
     return calls
+
+
+def _drop_grad(p: torch.Tensor) -> None:
+    p.grad = None
 
 
 def check_call(
