@@ -161,3 +161,6 @@ def _wait(client: ServiceClient, run_id: str, poll: float, show: bool) -> dict[s
         time.sleep(poll)
 
 
+
+
+commands: list[click.Command] = [submit]

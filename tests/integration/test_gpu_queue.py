@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from gradcheck_service.extensions import machine_has_cuda
+from gradcheck_service.service.extensions import machine_has_cuda
 from tests.integration.service_fixtures import Service
 from tests.integration.test_service_redis_pg import Api
 from tests.service_support import ServiceProcess, cli, free_port, service_env, spec, wait_until

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from gradcheck_service.store.migrate import downgrade, upgrade
+from gradcheck_service.service.store.migrate import downgrade, upgrade
 from tests.integration.service_fixtures import fresh_pg_database
 from tests.integration.test_model_output_service import _ready, _signed_in
 from tests.service_support import ServiceProcess, cli, free_port, service_env, wait_until

@@ -14,8 +14,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from gradcheck_service.store.migrate import head_revision, upgrade
-from gradcheck_service.store.models import Base
+from gradcheck_service.service.store.migrate import head_revision, upgrade
+from gradcheck_service.service.store.models import Base
 from tests.service_support import BUGGY_MODEL, ROOT, ServiceProcess, cli, free_port, service_env, wait_until
 
 pytestmark = pytest.mark.integration
