@@ -30,10 +30,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..options import CheckOptions
+from ..report.units import parse_bytes
 
 CONFIG_FILES = ("gradcheck.toml", "pyproject.toml")
 # Keys of a model entry that belong to CI; every other key is a CheckOptions field.
@@ -144,14 +144,11 @@ def _entry(raw: dict[str, Any], defaults: dict[str, Any], root: Path, where: str
     kept = [i for i, kind in enumerate(fail_on) if kind != "regression"]  # "regression" is CI's, not the check's
     option_values["fail_on"] = [fail_on[i] for i in kept]
     if values.get("memory_budget") is not None:
-        # Imported here: the cli package imports the ci command, which imports this module.
-        from ..cli.check import parse_bytes
-
         budget = values["memory_budget"]
         try:
             option_values["memory_budget_bytes"] = budget if isinstance(budget, int) else parse_bytes(str(budget))
-        except click.BadParameter as exc:
-            message = exc.format_message().removeprefix("Invalid value: ")
+        except ValueError as exc:
+            message = str(exc)
             raise ConfigError(f"{where}.{spelled['memory_budget']}: {message}") from None
     try:
         options = CheckOptions.model_validate(option_values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -11,17 +10,17 @@ from typing import IO, Any
 import click
 from pydantic import ValidationError
 
+from ..report import units
+
 EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def parse_bytes(text: str) -> int:
-    """'16GiB' -> 17179869184; plain numbers are bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise click.BadParameter(f"{text!r} is not a size like 16GiB, 512MB or 1000000")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    """'16GiB' -> 17179869184 (see :func:`gradcheck_service.report.units.parse_bytes`), as a click parameter."""
+    try:
+        return units.parse_bytes(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def check_options(
