@@ -130,9 +130,9 @@ def execute(job_dir: Path) -> dict[str, Any]:
     """Load the definition and run the check; every failure becomes an ``error`` result naming its cause."""
     from pydantic import ValidationError
 
-    from ...checks.engine import check
-    from ...definitions import DefinitionError, load_definition
-    from ...definitions.output_capture import CapturedOutput, output_or_none
+    from ...definitions import DefinitionError
+    from ...definitions.checking import check_definition
+    from ...definitions.output_capture import CapturedOutput
     from ...options import CheckOptions
 
     job = _read_job(job_dir)
@@ -145,10 +145,10 @@ def execute(job_dir: Path) -> dict[str, Any]:
     import_paths = [job_dir / p for p in job.get("pythonpath") or []]
     # What the model's code prints lands in the report (capped). It is written to OUTPUT in the job directory
     # while it runs, so that the launcher still finds it (e.g. an allocator's last words) if the child dies.
-    captured = CapturedOutput(job_dir / OUTPUT)
     try:
-        with captured:
-            definition = load_definition(str(job_dir / job["definition"]), import_paths)
+        report = check_definition(job_dir / job["definition"], import_paths, options, name=job.get("name"),
+                                  captured=CapturedOutput(job_dir / OUTPUT),
+                                  progress=lambda _terminal: contextlib.nullcontext(progress))
     except DefinitionError as exc:
         contained = _contained(exc, job_dir, job)
         if contained:
@@ -158,10 +158,6 @@ def execute(job_dir: Path) -> dict[str, Any]:
             return missing
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
         return _error("invalid_definition", str(exc), problems=problems)
-    try:
-        with captured:
-            report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
-                           name=job.get("name") or definition.name, options=options)
     except Exception as exc:  # the model's own code raised: report it as the run's error, not a crash
         contained = _contained(exc, job_dir, job)
         if contained:
@@ -172,8 +168,6 @@ def execute(job_dir: Path) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
         return _error("check_failed", message)
     progress("done", 1.0)
-    captured.close()
-    report.output = output_or_none(captured.text)
     return {"report": report.to_jsonable()}
 
 
