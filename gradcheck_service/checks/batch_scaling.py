@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..report.memory import BatchScaling  # noqa: F401  (the report's types live in report/)
+from ..report.memory import BatchScaling as BatchScaling
 from .allocations import StepMeasurement, measure_step
 from .model_state import clear_grads, seeded
 

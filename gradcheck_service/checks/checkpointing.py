@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..report.memory import CheckpointCandidate, CheckpointingPlan  # noqa: F401  (the report's types live in report/)
+from ..report.memory import CheckpointCandidate as CheckpointCandidate
+from ..report.memory import CheckpointingPlan as CheckpointingPlan
 from .allocations import StepMeasurement, checkpointed_blocks, measure_step, timed_step
 from .findings import Finding
 from .model_state import clear_grads, seeded

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..options import HealthThresholds
-from ..report.health import Diagnosis  # noqa: F401  (the report's types live in report/)
+from ..report.health import Diagnosis as Diagnosis
 from .findings import Finding, one_significant_figure
 from .gradient_stats import GradientNorms, LayerSignal
 

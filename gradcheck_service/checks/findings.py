@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ..report.health import Finding, FindingKind  # noqa: F401  (the report's types live in report/)
+from ..report.health import Finding as Finding
+from ..report.health import FindingKind as FindingKind
 
 
 def one_significant_figure(value: float) -> float:

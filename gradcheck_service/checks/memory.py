@@ -14,7 +14,15 @@ import torch
 from torch import nn
 
 from ..options import CheckOptions
-from ..report.memory import MemoryProfile, ModuleActivation, OptimizerState  # noqa: F401  (the report's types live in report/)
+from ..report.memory import (
+    MemoryProfile as MemoryProfile,
+)
+from ..report.memory import (
+    ModuleActivation as ModuleActivation,
+)
+from ..report.memory import (
+    OptimizerState as OptimizerState,
+)
 from .allocations import distinct_storage_bytes, measure_step, timed_step
 from .batch_scaling import batch_size_of, measure_batch_scaling
 from .checkpointing import plan_checkpointing

@@ -19,7 +19,12 @@ import torch
 from torch import nn
 
 from ..options import HealthThresholds
-from ..report.memory import PrecisionComparison, PrecisionParameter  # noqa: F401  (the report's types live in report/)
+from ..report.memory import (
+    PrecisionComparison as PrecisionComparison,
+)
+from ..report.memory import (
+    PrecisionParameter as PrecisionParameter,
+)
 from .findings import Finding
 from .health import compute_loss
 from .model_state import clear_grads, seeded

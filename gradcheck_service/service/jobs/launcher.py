@@ -348,7 +348,8 @@ class ForkServerLauncher:
                 return None
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
-        return json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def run(self, job_dir: Path, timeout_s: float, on_progress: Progress, *, heartbeat_s: float,
             max_bytes: int) -> Outcome:
