@@ -23,6 +23,12 @@ class Timings(ReportModel):
     health_s: float = 0.0
     memory_s: float = 0.0
     total_s: float = 0.0
+    peak_rss_bytes: int | None = Field(
+        None, description="The process's peak resident memory when the report was done (Linux VmHWM): in a fresh "
+        "CLI process, what the whole check cost in memory, interpreter and imports included. Compare with "
+        "memory.peak_bytes, one training step of the model.")
+    peak_cuda_bytes: int | None = Field(
+        None, description="torch.cuda.max_memory_allocated() when the report was done, for checks on CUDA.")
 
 
 class ModelInfo(ReportModel):
