@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-MODES = ("full", "default", "fast")
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradcheck", "gradient checks (gradcheck-service)")
-    group.addoption("--gradcheck-mode", choices=MODES, default=None,
-                    help="Coverage of the gradcheck fixture: full, default or fast.")
-    parser.addini("gradcheck_mode", "Default coverage of the gradcheck fixture (full, default, fast).",
+    from .options import choices, help_text
+
+    group.addoption("--gradcheck-mode", choices=choices("mode"), default=None,
+                    help=f"Coverage of the gradcheck fixture. {help_text('mode')}")
+    parser.addini("gradcheck_mode", f"Default coverage of the gradcheck fixture ({', '.join(choices('mode'))}).",
                   default="default")
 
 
@@ -33,25 +33,25 @@ def pytest_configure(config: pytest.Config) -> None:
     ``from model import GPT`` wherever the test file lives. Other repositories are left alone."""
     import sys
 
-    from .ci.config import ConfigError, find_config
+    from .ci.config import ConfigError, find_config, import_roots
 
     try:
-        found = find_config(config.rootpath)
+        if find_config(config.rootpath) is None:
+            return
+        roots = import_roots(config.rootpath)
     except ConfigError:
         return  # an unreadable configuration is reported by `ci`, not by every test session
-    if found is None:
-        return
-    extra = found[1].get("pythonpath", [])
-    folders = [config.rootpath / p for p in extra if isinstance(p, str)] if isinstance(extra, list) else []
-    for folder in reversed([*folders, config.rootpath]):
-        if folder.is_dir() and str(folder) not in sys.path:
+    for folder in reversed(roots):
+        if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
 
 
 def _mode(config: pytest.Config) -> str:
     mode = config.getoption("--gradcheck-mode") or config.getini("gradcheck_mode") or "default"
-    if mode not in MODES:
-        raise pytest.UsageError(f"gradcheck_mode = {mode!r}: use one of {', '.join(MODES)}")
+    from .options import choices
+
+    if mode not in choices("mode"):
+        raise pytest.UsageError(f"gradcheck_mode = {mode!r}: use one of {', '.join(choices('mode'))}")
     return str(mode)
 
 
