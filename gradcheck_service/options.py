@@ -94,7 +94,9 @@ class CheckOptions(StrictModel):
         False, description="Measure gradient checkpointing per top-level block (true) or for the named blocks."
     )
     batch_scaling: bool = Field(False, description="Fit activation memory against batch size.")
-    memory_budget_bytes: int | None = Field(None, gt=0, description="Answer the largest batch that fits in it.")
+    memory_budget_bytes: int | None = Field(
+        None, gt=0, description="Answer the largest batch that fits in it; the check's own batched evaluations "
+        "(perturbed copies in flight) stay within it too.")
     precision: Precision | None = Field(None, description="Compare autocast gradients with float64.")
     fail_on: list[FailOn] = Field(
         default_factory=list, description="Diagnosis findings that make the overall verdict fail."

@@ -91,6 +91,11 @@ def check(
             work.notes.append(f"gradient health and memory not measured: {exc}")
     timings.total_s = time.perf_counter() - started
     timings.peak_rss_bytes = process_peak_rss()
+    budget = opts.memory_budget_bytes
+    if budget is not None and timings.peak_rss_bytes is not None and timings.peak_rss_bytes > budget:
+        work.notes.append(f"the process's peak resident memory ({timings.peak_rss_bytes / 2**30:.2f} GiB) went over "
+                          f"the memory budget ({budget / 2**30:.2f} GiB): batched evaluations kept within it, but "
+                          "the float64 working parameters and autograd's float64 gradients do not shrink with it")
     if opts.device == "cuda" and torch.cuda.is_available():
         timings.peak_cuda_bytes = int(torch.cuda.max_memory_allocated())
     report = Report(
@@ -157,6 +162,7 @@ def run_gradient_check(
 ) -> tuple[GradientCheck, AnalyticPass, LossEvaluator]:
     analytic = run_analytic(work, loss, opts)
     evaluator = LossEvaluator(work.module, work.inputs, loss, opts.seed, chunk_size=opts.chunk_size,
+                              memory_budget_bytes=opts.memory_budget_bytes,
                               rng_state=work.rng)
     gen = torch.Generator().manual_seed(opts.seed + 7919)
     loss_finite = math.isfinite(evaluator.base_loss)

@@ -32,6 +32,9 @@ NOISE_DIRECTIONS = 3
 # Targets larger than this are evaluated one perturbation at a time: under vmap every delta in a chunk becomes a
 # full copy of the tensor (an LM head of 38M float64 weights is 309 MB a copy).
 SEQUENTIAL_TARGET_BYTES = 64 * 2**20
+# What batched evaluations may hold at once (perturbed copies and their activations) unless the check is given a
+# memory budget of its own.
+DEFAULT_BATCH_BYTES = 512 * 2**20
 # Up to this many evaluations at once (a tensor's probes) run one by one: no vmap to set up or verify, and no
 # batching rule to need (cross-entropy's under vmap imports sympy on first use, 0.4 s in a fresh process).
 FEW_EVALUATIONS = 8
@@ -139,7 +142,7 @@ class LossEvaluator:
         loss_fn: LossFn,
         seed: int,
         chunk_size: int = 256,
-        memory_budget_bytes: int = 512 * 2**20,
+        memory_budget_bytes: int | None = None,
         rng_state: RngState | None = None,
     ) -> None:
         self.model = model
@@ -164,8 +167,9 @@ class LossEvaluator:
         self.reduced_precision: dict[str, torch.dtype] = {}
         # A forward that differentiates inside itself (forces as -dE/dpositions) runs with grad enabled.
         self.differentiates = False
-        activation_bytes = self._measure_activation_bytes()
-        self.chunk_size = max(1, min(chunk_size, memory_budget_bytes // max(activation_bytes, 1)))
+        self.activation_bytes = self._measure_activation_bytes()
+        self.memory_budget_bytes = memory_budget_bytes or DEFAULT_BATCH_BYTES
+        self.chunk_size = max(1, min(chunk_size, self.memory_budget_bytes // max(self.activation_bytes, 1)))
         self.base_loss = float(self.loss())
         self.loss_scale = max(abs(self.base_loss), self._absolute_loss_scale())
 
@@ -382,7 +386,7 @@ class LossEvaluator:
         c = torch.tensor(coefficients, dtype=directions.dtype, device=directions.device)
         inner = vmap(lambda ci, d: self._perturbed_loss(target, d, ci), in_dims=(None, 0), randomness="same")
         outer = vmap(inner, in_dims=(0, None), randomness="same")
-        step = max(1, self.chunk_size // len(coefficients))
+        step = max(1, self._chunk(target) // len(coefficients))
         parts = []
         with self._grad_mode(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*batching rule.*", category=UserWarning)
@@ -447,6 +451,12 @@ class LossEvaluator:
             return self._output_hook(target)
         return nullcontext()
 
+    def _chunk(self, target: Target) -> int:
+        """Perturbations in one batched forward: as many as the memory budget holds, each one a perturbed copy
+        of the target (and its delta) plus the forward's activations."""
+        each = self.activation_bytes + 2 * target.base.numel() * target.base.element_size()
+        return max(1, min(self.chunk_size, self.memory_budget_bytes // max(each, 1)))
+
     def _batched(self, target: Target, deltas: torch.Tensor) -> torch.Tensor:
         fn: Callable[[torch.Tensor], torch.Tensor] = lambda d: self._perturbed_loss(target, d)  # noqa: E731
         batched = vmap(fn, randomness="same")
@@ -455,8 +465,9 @@ class LossEvaluator:
             # Ops without a batching rule (e.g. CPU flash attention) run in a per-sample loop inside vmap and warn
             # about speed; the result is still exact, and _batched_matches verifies it.
             warnings.filterwarnings("ignore", message=".*batching rule.*", category=UserWarning)
-            for start in range(0, deltas.shape[0], self.chunk_size):
-                parts.append(batched(deltas[start : start + self.chunk_size]))
+            chunk = self._chunk(target)
+            for start in range(0, deltas.shape[0], chunk):
+                parts.append(batched(deltas[start : start + chunk]))
                 self._restore_state()
         self.evaluations += deltas.shape[0]
         return torch.cat(parts)

@@ -97,6 +97,7 @@ def _check_own_parameters(
     if exact is not None and all(t.passed for t in exact.values()):
         return exact, 0
     evaluator = LossEvaluator(wrapper, float_args, projection, opts.seed, chunk_size=opts.chunk_size,
+                              memory_budget_bytes=opts.memory_budget_bytes,
                               rng_state=rec.rng_state)
     if abs(float(value.detach()) - evaluator.base_loss) > 1e-6 * max(evaluator.loss_scale, 1e-30):
         raise ReplayError("re-running the call does not reproduce its recorded output")

@@ -242,6 +242,7 @@ def check_call(
     grads = [None if g is None else dense(g)
              for g in torch.autograd.grad(value, [p for _, p in params] + list(leaves), allow_unused=True)]
     evaluator = LossEvaluator(wrapper, float_args, projection, opts.seed, chunk_size=opts.chunk_size,
+                              memory_budget_bytes=opts.memory_budget_bytes,
                               rng_state=rec.rng_state)
     if abs(float(value.detach()) - evaluator.base_loss) > 1e-6 * max(evaluator.loss_scale, 1e-30):
         raise ReplayError("re-running the call does not reproduce its recorded output")

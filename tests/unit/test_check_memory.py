@@ -47,3 +47,23 @@ def test_a_check_needs_at_most_three_training_steps_of_memory() -> None:
     # The check holds the float64 working parameters and autograd's float64 gradients beside the model's own,
     # and each probe a chunk at a time (~870 MB); one dense copy per probe was 1.6 GB.
     assert checked["peak"] <= 3.0 * step["peak"], (checked, step)
+
+
+def test_a_memory_budget_bounds_batched_evaluations_and_says_when_the_process_went_over() -> None:
+    import torch
+    from torch import nn
+
+    from gradcheck_service import check
+    from gradcheck_service.checks.evaluator import LossEvaluator, Target
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)).double()
+    x = torch.randn(8, 64, dtype=torch.float64)
+    weight = Target("parameter", "0.weight", model[0].weight.detach())
+    roomy = LossEvaluator(model, (x,), lambda out, *_: out.sum(), 0)
+    tight = LossEvaluator(model, (x,), lambda out, *_: out.sum(), 0, memory_budget_bytes=100_000)
+    assert roomy._chunk(weight) == 256 and tight._chunk(weight) == 1  # a perturbed 32 KiB weight + its delta each
+
+    report = check(model, x, health=False, memory=False, memory_budget_bytes=2**20)
+    assert report.verdict == "passed"
+    assert any("went over the memory budget" in note for note in report.warnings)
