@@ -88,6 +88,7 @@ class Part:
     tensor: torch.Tensor  # the working tensor (a parameter's data), perturbed in place
     source: torch.Tensor  # what it is restored from: exactly what it was promoted from
     still: torch.Tensor | None = None  # entries held still (no gradient by design)
+    chunk: int = 0  # entries drawn at a time (0: CHUNK); a multiple of a row keeps pieces whole rows
 
 
 class Space:
@@ -109,7 +110,7 @@ class Space:
     def chunk_buffer(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
         buffer = self.buffers.get(name)
         if buffer is None or buffer.numel() < n or buffer.dtype != dtype:
-            buffer = self.buffers[name] = torch.empty(min(CHUNK, max(n, 1)), dtype=dtype)
+            buffer = self.buffers[name] = torch.empty(max(n, 1), dtype=dtype)
         return buffer[:n]
 
     @classmethod
@@ -199,8 +200,9 @@ class Direction:
         flat = part.tensor.reshape(-1)
         still = part.still.reshape(-1) if part.still is not None else None
         floor = self.space.floor if self.space.floor > 0 else 1.0
-        for j, start in enumerate(range(0, flat.numel(), CHUNK)):
-            where = slice(start, min(start + CHUNK, flat.numel()))
+        size = part.chunk or CHUNK
+        for j, start in enumerate(range(0, flat.numel(), size)):
+            where = slice(start, min(start + size, flat.numel()))
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + i * 8191 + j) % 2**63)
             n = where.stop - where.start
             d = self.space.chunk_buffer("direction", n, flat.dtype)

@@ -21,6 +21,7 @@ localization names the module. The local strategy makes the passing case, the co
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from .directions import Measured
 from .evaluator import LossEvaluator, Target, precision_note
 from .gradcheck import (
     Checked,
+    LinearMap,
     check_tensor,
     compare,
     draw_seeds,
@@ -43,7 +45,7 @@ from .gradcheck import (
     probe_together,
     summarize,
 )
-from .in_place import Part, Space
+from .in_place import CHUNK, Part, Space, robust_scale
 from .layers import dense
 from .localize import ModuleCall, ReplayError, _CallAt, _Projection, record_calls
 from .loss import LossFn
@@ -166,21 +168,42 @@ def _stock_linear_probes(
                      named_grads[n] is None)
              for n, p in sorted(own, key=lambda named: named[0] != "weight")]  # weight first, then bias
     gen = torch.Generator().manual_seed(opts.seed + 7919 + rec.call)
-    # Each probe drawn part by part (see in_place): a 38M-entry LM head holds one share of one probe at a time.
-    space = Space([Part(item.target.base, item.target.base) for item in items])
+    # Each probe drawn part by part, the weight in whole output rows (see in_place): the layer's map of a slice of
+    # rows is that slice of its output, so a 38M-entry LM head holds one slice of one probe at a time. A grouped
+    # convolution mixes rows across groups: its weight is drawn whole.
+    row = weight[0].numel()
+    whole = getattr(layer, "groups", 1) != 1
+    rows_chunk = weight.numel() if whole else max(1, CHUNK // row) * row
+    space = Space([Part(item.target.base, item.target.base, chunk=rows_chunk if i == 0 else 0)
+                   for i, item in enumerate(items)])
     dirs = space.directions(draw_seeds(gen, opts.probes))
+    channel = -1 if isinstance(module, nn.Linear) else 1  # where the layer's output channels are
+    per_channel, per_channel_abs = _channel_sums(cot, channel), _channel_sums(cot.abs(), channel)
     numeric = []
     terms = weight[0].numel() + 1 + cot.numel()  # the longest sums: one output entry, then the projection
     eps = float(torch.finfo(cot.dtype).eps)
+
+    def through_layer(chunks: Iterator[tuple[slice, torch.Tensor]], fn: LinearMap, out_grad: torch.Tensor) -> float:
+        total = 0.0
+        for where, piece in chunks:
+            first, last = where.start // row, where.stop // row
+            z = fn(piece.view(last - first, *weight.shape[1:]), None)
+            total += float((out_grad.narrow(channel, first, last - first) * z).sum())
+        return total
+
     with torch.no_grad():
         for d in dirs:
-            v_w = d.part(0).view_as(weight)
-            v_b = d.part(1).view_as(bias) if bias is not None else None
-            numeric.append(float((cot * linear_map_x(v_w, v_b)).sum()))
+            value = through_layer(d.chunks(0), linear_map_x, cot)
+            if bias is not None:
+                value += sum(float((per_channel[where] * piece).sum()) for where, piece in d.chunks(1))
+            numeric.append(value)
         # Every probe has the same magnitudes (+-1 times the scale), so one rounding bound serves them all.
-        a_w = space.scale(0).view_as(weight)
-        a_b = space.scale(1).view_as(bias) if bias is not None else None
-        bound = terms * eps * float((cot.abs() * linear_map_abs(a_w, a_b)).sum())
+        flat_w = weight.detach().reshape(-1)
+        scales = ((where, robust_scale(flat_w[where], space.floor)) for where in _slices(weight.numel(), rows_chunk))
+        magnitude = through_layer(scales, linear_map_abs, cot.abs())
+        if bias is not None:
+            magnitude += float((per_channel_abs * robust_scale(bias, space.floor)).sum())
+        bound = terms * eps * magnitude
     measured = Measured(torch.tensor(numeric, dtype=torch.float64), torch.full((opts.probes,), bound, dtype=torch.float64),
                         torch.zeros(opts.probes, dtype=torch.bool))
     comparison = compare(dirs.project([item.analytic for item in items]), measured,
@@ -195,6 +218,15 @@ def _stock_linear_probes(
         result.scope, result.undetected_error = "local", slack / space.min_scale(i)
         results[item.name] = result
     return results
+
+
+def _channel_sums(t: torch.Tensor, channel: int) -> torch.Tensor:
+    """``t`` summed over every dimension but ``channel``: what a bias entry of that channel is multiplied by."""
+    return t.movedim(channel, 0).reshape(t.shape[channel], -1).sum(1)
+
+
+def _slices(n: int, size: int) -> Iterator[slice]:
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
 
 
 # Default mode compares tensors this small coordinate by coordinate: no more evaluations than the probes.
