@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
-from tests.dashboard_support import BUGGY_FILE, EXAMPLES, real_report  # noqa: E402
+from tests.dashboard_support import BUGGY_FILE, EXAMPLES, real_report, sign_in_client  # noqa: E402
 from tests.service_support import TINY_SPEC  # noqa: E402
-from tests.unit.test_dashboard_auth import sign_in  # noqa: E402
 
 MODELS = [f"model-{i:02d}" for i in range(20)]
 BRANCHES = ["main"] + [f"feature/f{i}" for i in range(9)]
@@ -140,7 +139,7 @@ def main() -> int:
         print(f"seeded {args.runs:,} + 2,000 runs in {time.perf_counter() - started:.1f} s "
               f"({'PostgreSQL' if args.postgres else 'SQLite'}); tokens {token.project}, {other.project}")
         client = app.test_client()
-        sign_in(client, token.token)
+        sign_in_client(client, token.token)
 
         def get(path: str) -> Callable[[], Any]:
             def fetch() -> Any:

@@ -2,9 +2,9 @@
 
 Block 5's MLP activation is replaced by a GELU whose backward forgets the ``x * pdf(x)`` term. Prints the verdict,
 the module localization names, how many module calls the bisection checked, and where the time went. The report
-is built from the local checks (see the README's "Local strategy"); a whole-model re-check (``recheck``) would take
-hours at this size. ``benchmarks/failing_cost.py`` sets the same bug beside the passing check, in training
-steps. ``--size tiny`` runs the 2-layer 32-wide model instead (a few seconds).
+is built from the local checks (see "Local strategy" in docs/how-the-check-works.md); a whole-model re-check
+(``recheck``) would take hours at this size. ``benchmarks/failing_cost.py`` sets the same bug beside the passing
+check, in training steps. ``--size tiny`` runs the 2-layer 32-wide model instead (a few seconds).
 
 Run: ``python benchmarks/failing_large.py [--size tiny|small] [--block N]``.
 """

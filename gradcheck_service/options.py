@@ -21,7 +21,7 @@ __all__ = ["CheckOptions", "FailOn", "HealthThresholds", "Mode", "choices", "cli
 
 
 class HealthThresholds(StrictModel):
-    """Thresholds of the gradient-flow diagnosis; the rationale of each is in the README."""
+    """Thresholds of the gradient-flow diagnosis; the rationale of each is in docs/how-the-check-works.md."""
 
     vanishing_ratio: float = Field(
         1e-3,

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import io
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.api_support import Project, finish_with_report
+from tests.service_support import TINY_SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -88,7 +93,7 @@ class Seeded:
         return self.runs[key]
 
 
-def _submit(client: Any, token: str, kind: str, source: str, name: str, options: dict[str, Any],
+def submit_run(client: Any, token: str, kind: str, source: str, name: str, options: dict[str, Any],
             git: dict[str, str], labels: list[str]) -> str:
     headers = {"Authorization": f"Bearer {token}"}
     metadata = {"name": name, "git": git, "labels": labels}
@@ -104,10 +109,45 @@ def _submit(client: Any, token: str, kind: str, source: str, name: str, options:
     return str(response.get_json()["id"])
 
 
-def _finish(app: Flask, run_id: str, report: dict[str, Any]) -> None:
-    from tests.unit.service_api import finish_with_report  # claim, then finish, as a worker does
+def submit_tiny(client: FlaskClient, project: Project, name: str = "tiny", branch: str = "main",
+                labels: list[str] | None = None) -> str:
+    """Submit the tiny spec (tests/service_support.TINY_SPEC) for ``project``; the run stays queued."""
+    return submit_run(client, project.token, "spec", json.dumps(TINY_SPEC), name, {},
+                      {"branch": branch, "commit": "abc123"}, labels or [])
 
-    finish_with_report(app, run_id, report)
+
+def submit_buggy(client: FlaskClient, project: Project) -> str:
+    """Submit examples/buggy_custom_function.py as model ``swish-net``; the run stays queued."""
+    return submit_run(client, project.token, "python", BUGGY_FILE.read_text(), "swish-net", {},
+                      {"branch": "feature/swish"}, [])
+
+
+def passed_run(app: Flask, client: FlaskClient, project: Project, **kwargs: Any) -> str:
+    """A finished run of the tiny spec with the real engine's (passing) report; its id."""
+    run_id = submit_tiny(client, project, **kwargs)
+    finish_with_report(app, run_id, real_report("spec", json.dumps(TINY_SPEC), {}))
+    return run_id
+
+
+def failed_run(app: Flask, client: FlaskClient, project: Project) -> str:
+    """A finished run of the buggy Swish model with the real engine's (failing) report; its id."""
+    run_id = submit_buggy(client, project)
+    finish_with_report(app, run_id, real_report("python", BUGGY_FILE.read_text(), {}))
+    return run_id
+
+
+def csrf_token(client: FlaskClient, path: str = "/login") -> str:
+    """The CSRF token of the form on ``path`` (a dashboard session is opened if there was none)."""
+    html = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, f"no CSRF token in {path}"
+    return match.group(1)
+
+
+def sign_in_client(client: FlaskClient, token: str) -> None:
+    """Sign the Flask test client in to the dashboard with a project token (the login form, CSRF included)."""
+    response = client.post("/login", data={"token": token, "csrf_token": csrf_token(client)})
+    assert response.status_code == 302, response.get_data(as_text=True)
 
 
 def _fail(app: Flask, run_id: str, code: str, message: str) -> None:
@@ -173,23 +213,23 @@ def seed(app: Flask, *, queued: bool = True) -> Seeded:
         ("mlp-3", "spec", mlp, "mlp", {"seed": 3, "memory_budget_bytes": MEMORY_BUDGET}, "main", "e3e3e3e3e3", ["nightly"], 3),
     ]
     for key, kind, source, name, options, branch, commit, labels, hours in plan:
-        run_id = _submit(client, token, kind, source, name, options, {"branch": branch, "commit": commit,
+        run_id = submit_run(client, token, kind, source, name, options, {"branch": branch, "commit": commit,
                                                                       "repo": "git@example.com:team/models.git"},
                          labels)
         report = real_report(kind, source, options)
-        _finish(app, run_id, report)
+        finish_with_report(app, run_id, report)
         _backdate(app, run_id, dt.timedelta(hours=hours), float(report["timings"]["total_s"]))
         seeded.runs[key] = SeededRun(key, run_id, name, "passed" if report["passed"] else "failed")
-    run_id = _submit(client, token, "spec", cnn, "residual-cnn", {}, {"branch": "main", "commit": "0badbeef00"},
+    run_id = submit_run(client, token, "spec", cnn, "residual-cnn", {}, {"branch": "main", "commit": "0badbeef00"},
                      ["ci"], )
     _fail(app, run_id, "timeout", "the check ran past its wall-time limit of 600 s")
     _backdate(app, run_id, dt.timedelta(hours=10), 600.0)
     seeded.runs["timeout"] = SeededRun("timeout", run_id, "residual-cnn", "error")
     if queued:
-        run_id = _submit(client, token, "spec", mlp, "mlp", {}, {"branch": "main", "commit": "f00d"}, ["ci"])
+        run_id = submit_run(client, token, "spec", mlp, "mlp", {}, {"branch": "main", "commit": "f00d"}, ["ci"])
         seeded.runs["queued"] = SeededRun("queued", run_id, "mlp", "queued")
-    run_id = _submit(client, other, "spec", mlp, "speech-mlp", {}, {"branch": "main"}, [])
-    _finish(app, run_id, real_report("spec", mlp, {}))
+    run_id = submit_run(client, other, "spec", mlp, "speech-mlp", {}, {"branch": "main"}, [])
+    finish_with_report(app, run_id, real_report("spec", mlp, {}))
     seeded.runs["other"] = SeededRun("other", run_id, "speech-mlp", "passed")
     return seeded
 
@@ -227,7 +267,7 @@ def serve(app: Flask) -> Iterator[str]:
 
 def finish_queued(app: Flask, run_id: str) -> None:
     """Finish a queued seeded run with a real report, as a worker would (used to watch live updates)."""
-    _finish(app, run_id, real_report("spec", mlp_spec(), {}))
+    finish_with_report(app, run_id, real_report("spec", mlp_spec(), {}))
 
 
 CHROMIUM = Path("/usr/bin/chromium")

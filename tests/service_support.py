@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -217,12 +217,18 @@ def build():
 '''
 
 
+def prerequisite_missing(message: str, remedy: str) -> NoReturn:
+    """Skip the test for a missing prerequisite (a server, a program); with ``CI=true`` fail it, naming the remedy,
+    since CI provides every prerequisite and a skip there would hide a test that never ran."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: {remedy})")
+    pytest.skip(message)
+
+
 def require_bubblewrap() -> None:
     if shutil.which("bwrap") is None:
-        message = "bubblewrap (bwrap) is not installed: the sandbox cannot be tested"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: apt-get install bubblewrap)")
-        pytest.skip(message)
+        prerequisite_missing("bubblewrap (bwrap) is not installed: the sandbox cannot be tested",
+                             "apt-get install bubblewrap")
 
 
 def processes_left_behind(run_id: str) -> list[str]:

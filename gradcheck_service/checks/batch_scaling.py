@@ -7,16 +7,13 @@ the line; ``fixed`` holds what does not scale (parameters, gradients, per-batch 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from ..report.memory import BatchScaling as BatchScaling
+from ..types import LossFn
 from .allocations import StepMeasurement, measure_step
 from .model_state import clear_grads, seeded
-
-LossFn = Callable[..., torch.Tensor]
 
 
 def batch_size_of(inputs: tuple[torch.Tensor, ...]) -> tuple[int | None, str | None]:

@@ -9,18 +9,16 @@ errors means the block is not deterministic (or has side effects) and checkpoint
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from ..report.memory import CheckpointCandidate as CheckpointCandidate
 from ..report.memory import CheckpointingPlan as CheckpointingPlan
+from ..types import LossFn
 from .allocations import StepMeasurement, checkpointed_blocks, measure_step, timed_step
 from .findings import Finding
 from .model_state import clear_grads, seeded
 
-LossFn = Callable[..., torch.Tensor]
 TIMING_REPEATS = 3  # best of 3: the minimum is the least noisy estimate of a step's cost on a busy machine
 MIN_SAVED_FRACTION = 0.05  # a block is recommended only if it saves at least 5 % of the activation bytes ...
 MIN_EFFICIENCY = 1.0  # ... and at least 1 % of activation bytes per 1 % of extra step time

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..options import HealthThresholds
+from ..types import LossFn
 from .diagnosis import Diagnosis, diagnose
 from .findings import Finding
 from .gradient_stats import GradientNorms, InputGradient, LayerSignal, ParameterGradient, ReluActivity
@@ -34,9 +35,6 @@ __all__ = [
     "analyze_gradients",
     "compute_loss",
 ]
-
-
-LossFn = Callable[..., torch.Tensor]
 
 
 def compute_loss(model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: LossFn) -> torch.Tensor:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-LossFn = Callable[..., torch.Tensor]
+from ..types import LossFn as LossFn  # also imported from here by the engine modules
 
 
 def float_leaves(output: Any) -> Iterator[torch.Tensor]:

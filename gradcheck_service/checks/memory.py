@@ -7,7 +7,6 @@ are extra measured runs, only on request. The model is left exactly as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -23,6 +22,7 @@ from ..report.memory import (
 from ..report.memory import (
     OptimizerState as OptimizerState,
 )
+from ..types import LossFn
 from .allocations import distinct_storage_bytes, measure_step, timed_step
 from .batch_scaling import batch_size_of, measure_batch_scaling
 from .checkpointing import plan_checkpointing
@@ -31,8 +31,6 @@ from .findings import Finding
 from .health import GradientNorms, recording, summarize_gradients
 from .model_state import clear_grads, model_device, preserved, seeded
 from .precision import compare_precision
-
-LossFn = Callable[..., torch.Tensor]
 
 
 def _float_input_dtype(inputs: tuple[torch.Tensor, ...]) -> torch.dtype:

@@ -12,7 +12,6 @@ the reference are gradients that underflowed (fp16 needs loss scaling for them).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -25,11 +24,11 @@ from ..report.memory import (
 from ..report.memory import (
     PrecisionParameter as PrecisionParameter,
 )
+from ..types import LossFn
 from .findings import Finding
 from .health import compute_loss
 from .model_state import clear_grads, seeded
 
-LossFn = Callable[..., torch.Tensor]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

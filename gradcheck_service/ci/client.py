@@ -11,9 +11,14 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from ..runs import RunCreated, RunOut
 from .bundle import Bundle
+
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 class ServiceError(Exception):
@@ -57,28 +62,40 @@ class ServiceClient:
     def submit(self, path: Path, options: dict[str, Any], metadata: dict[str, Any],
                files: Bundle | None = None) -> str:
         """Submit a model file or spec (or a repository archive); returns the new run's id."""
-        return str(self.create(path, options, metadata, files)["id"])
+        return self.create(path, options, metadata, files).id
 
     def create(self, path: Path, options: dict[str, Any], metadata: dict[str, Any],
-               files: Bundle | None = None) -> dict[str, Any]:
-        """Submit ``path`` alone, or the archive ``files`` holding it; returns the server's answer (id, status,
-        queue, url)."""
+               files: Bundle | None = None) -> RunCreated:
+        """Submit ``path`` alone, or the archive ``files`` holding it; returns the server's answer."""
         fields = {"options": json.dumps(options), "metadata": json.dumps(metadata)}
         if files is None:
             body, content_type = multipart(fields, "model", path.name, path.read_bytes())
         else:
             fields |= {"entry": files.entry, "pythonpath": json.dumps(list(files.pythonpath))}
             body, content_type = multipart(fields, "archive", "repository.zip", files.archive)
-        return dict(self.request("POST", "/runs", body, content_type))
+        return _read(RunCreated, self.request("POST", "/runs", body, content_type), "/runs")
 
-    def run(self, run_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/runs/{urllib.parse.quote(run_id)}"))
+    def run(self, run_id: str) -> RunOut:
+        """The run with its report (``report`` is the report's JSON: read it with ``Report.model_validate``)."""
+        path = f"/runs/{urllib.parse.quote(run_id)}"
+        return _read(RunOut, self.request("GET", path), path)
 
-    def latest_finished(self, model: str, branch: str) -> dict[str, Any] | None:
+    def latest_finished(self, model: str, branch: str) -> RunOut | None:
         """The newest passed or failed run of ``model`` on ``branch``, with its report; None when there is none."""
         query = urllib.parse.urlencode({"model": model, "branch": branch, "status": "passed,failed", "limit": 1})
         runs = self.request("GET", f"/runs?{query}")["runs"]
         return self.run(runs[0]["id"]) if runs else None
+
+
+def _read(model: type[Answer], data: Any, path: str) -> Answer:
+    """``data`` read as ``model``; a ``ServiceError`` when the server answered something else."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ServiceError(f"the answer of /api/v1{path} cannot be read ({where}: {first['msg']}); is this a "
+                           "gradcheck server of a compatible version?") from None
 
 
 def multipart(fields: dict[str, str], file_field: str, filename: str, content: bytes) -> tuple[bytes, str]:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..report import Report
+from ..runs import RunError, RunOut
 from .baseline import Baseline, BaselineError, compare
 from .bundle import BundleError, bundle
 from .client import ServiceClient, ServiceError
@@ -23,7 +24,6 @@ from .gitmeta import GitMeta
 from .results import ModelResult, Status
 
 Echo = Callable[[str], None]
-_DONE = ("passed", "failed", "inconclusive", "error")
 
 
 class ServerUnusable(Exception):
@@ -91,16 +91,6 @@ def _metadata(entry: ModelEntry, git: GitMeta) -> dict[str, Any]:
     return meta
 
 
-def _report_of(run: dict[str, Any]) -> Report | None:
-    raw = run.get("report")
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return Report.model_validate(raw)
-    except ValidationError:
-        return None  # a report from a server of another schema version: shown as missing, not a crash
-
-
 def server_baselines(client: ServiceClient, config: CiConfig, branch: str) -> dict[str, Baseline]:
     """The latest finished run of each model on ``branch``, fetched before this build submits anything."""
     out: dict[str, Baseline] = {}
@@ -109,10 +99,10 @@ def server_baselines(client: ServiceClient, config: CiConfig, branch: str) -> di
             run = client.latest_finished(entry.name, branch)
         except ServiceError as exc:
             raise ServerUnusable(str(exc)) from None
-        report = _report_of(run) if run else None
+        report = run.parsed_report() if run else None
         if run and report:
-            out[entry.name] = Baseline(source=f"run {run['id']} on {branch}", run_id=run["id"],
-                                       url=client.run_page(run["id"]), report=report)
+            out[entry.name] = Baseline(source=f"run {run.id} on {branch}", run_id=run.id,
+                                       url=client.run_page(run.id), report=report)
     return out
 
 
@@ -149,7 +139,7 @@ def run_remote(client: ServiceClient, config: CiConfig, git: GitMeta, echo: Echo
                 run = client.run(run_id)
             except ServiceError as exc:
                 raise ServerUnusable(str(exc)) from None
-            if run["status"] not in _DONE:
+            if not run.finished:
                 continue
             del pending[run_id]
             _fill(result, run)
@@ -164,21 +154,21 @@ def run_remote(client: ServiceClient, config: CiConfig, git: GitMeta, echo: Echo
     return results
 
 
-def _fill(result: ModelResult, run: dict[str, Any]) -> None:
-    result.duration_s = float((run.get("timings") or {}).get("check_s") or 0.0)
-    if run["status"] == "error":
-        error = run.get("error") or {}
-        result.error = f"[{error.get('code', 'error')}] {error.get('message', '')}".strip()
+def _fill(result: ModelResult, run: RunOut) -> None:
+    result.duration_s = run.timings.check_s or 0.0
+    if run.status == "error":
+        error = run.error or RunError(code="error", message="")
+        result.error = f"[{error.code}] {error.message}".strip()
         return
-    report = _report_of(run)
+    report = run.parsed_report()
     if report is None:
         why = ""
         try:
-            Report.model_validate(run.get("report"))
+            Report.model_validate(run.report)
         except ValidationError as exc:
             first = exc.errors()[0]
             why = f" ({'.'.join(str(p) for p in first['loc'])}: {first['msg']}; server and client versions differ?)"
-        result.error = f"run {run['id']} finished as {run['status']} but its report could not be read{why}"
+        result.error = f"run {run.id} finished as {run.status} but its report could not be read{why}"
         return
     result.report, result.status = report, _status(report)
 

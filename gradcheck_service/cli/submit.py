@@ -8,6 +8,7 @@ prints the run id and exits 0.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,33 +19,35 @@ import click
 from ..ci.bundle import Bundle, bundle
 from ..ci.client import ServiceClient, ServiceError
 from ..options import click_option
+from ..runs import RunOut
+from ..strict_json import encode_non_finite
 from ..types import VERDICTS, ExitCode, verdict_exit_code
 
 
-def _describe(run: dict[str, Any]) -> str:
-    lines = [f"run {run['id']}: {run['status']} (model {run['model']['name']}, attempts {run['attempts']}, "
-             f"check {run['timings'].get('check_s') or 0:.2f} s)"]
-    if run.get("error"):
-        lines.append(f"error [{run['error']['code']}]: {run['error']['message']}")
-    summary = run.get("summary") or {}
-    if summary.get("faulty_modules"):
-        lines.append("faulty modules: " + ", ".join(summary["faulty_modules"]))
-    report = run.get("report") or {}
-    for item in (report.get("gradient_check") or {}).get("parameters", []) + \
-            (report.get("gradient_check") or {}).get("inputs", []):
-        if not item.get("passed"):
-            lines.append(f"  FAILED {item['name']}: max abs error {_number(item['max_abs_error'])}, "
-                         f"max rel error {_number(item['max_rel_error'])}")
-    if summary.get("failed_because"):
-        lines.append("failed because: " + "; ".join(summary["failed_because"]))
-    if summary.get("inconclusive_because"):
-        lines.append("inconclusive because: " + "; ".join(summary["inconclusive_because"]))
+def _describe(run: RunOut) -> str:
+    lines = [f"run {run.id}: {run.status} (model {run.model.name}, attempts {run.attempts}, "
+             f"check {run.timings.check_s or 0:.2f} s)"]
+    if run.error is not None:
+        lines.append(f"error [{run.error.code}]: {run.error.message}")
+    summary = run.summary
+    if summary is not None and summary.faulty_modules:
+        lines.append("faulty modules: " + ", ".join(summary.faulty_modules))
+    report = run.parsed_report()
+    if report is not None:
+        for item in report.gradient_check.parameters + report.gradient_check.inputs:
+            if not item.passed:
+                lines.append(f"  FAILED {item.name}: max abs error {_number(item.max_abs_error)}, "
+                             f"max rel error {_number(item.max_rel_error)}")
+    if summary is not None and summary.failed_because:
+        lines.append("failed because: " + "; ".join(summary.failed_because))
+    if summary is not None and summary.inconclusive_because:
+        lines.append("inconclusive because: " + "; ".join(summary.inconclusive_because))
     return "\n".join(lines)
 
 
-def _number(value: float | str) -> str:
-    """A figure of the report's JSON: a float, or a non-finite one written as "NaN"/"Infinity"/"-Infinity"."""
-    return value if isinstance(value, str) else f"{value:.3g}"
+def _number(value: float) -> str:
+    """A figure of the report, non-finite ones written as the report's JSON writes them ("NaN", "Infinity")."""
+    return f"{value:.3g}" if math.isfinite(value) else str(encode_non_finite(value))
 
 
 @click.command("submit")
@@ -113,14 +116,15 @@ def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool
     try:
         created = client.create(path, options, metadata, files)
         if not wait:
-            click.echo(json.dumps(created) if as_json else created["id"])
+            click.echo(json.dumps(created.model_dump(mode="json")) if as_json else created.id)
             return
-        run = _wait(client, created["id"], poll, show=not as_json and sys.stderr.isatty())
+        run = _wait(client, created.id, poll, show=not as_json and sys.stderr.isatty())
     except ServiceError as exc:
         bad(str(exc))
         return
-    click.echo(json.dumps(run, indent=2) if as_json else _describe(run))
-    sys.exit(verdict_exit_code(run["status"], allow_inconclusive) if run["status"] in VERDICTS else ExitCode.ERROR)
+    # --json: the run as the server answered it (fields it did not send are not added)
+    click.echo(json.dumps(run.model_dump(mode="json", exclude_unset=True), indent=2) if as_json else _describe(run))
+    sys.exit(verdict_exit_code(run.status, allow_inconclusive) if run.status in VERDICTS else ExitCode.ERROR)
 
 
 def _bundle(path: Path, include: tuple[str, ...]) -> Bundle:
@@ -142,18 +146,17 @@ def _bundle(path: Path, include: tuple[str, ...]) -> Bundle:
     return bundle(path, root, pythonpath, files)
 
 
-def _wait(client: ServiceClient, run_id: str, poll: float, show: bool) -> dict[str, Any]:
+def _wait(client: ServiceClient, run_id: str, poll: float, show: bool) -> RunOut:
     last = ""
     while True:
         run = client.run(run_id)
-        if run["status"] in (*VERDICTS, "error"):
+        if run.finished:
             if show:
                 click.echo("\r" + " " * len(last) + "\r", nl=False, err=True)
-            return dict(run)
+            return run
         if show:
-            fraction = run["progress"].get("fraction")
-            line = f"{run['status']}" + (f" {run['progress'].get('stage') or ''} {fraction:.0%}"
-                                         if fraction is not None else "")
+            fraction = run.progress.fraction
+            line = run.status + (f" {run.progress.stage or ''} {fraction:.0%}" if fraction is not None else "")
             click.echo("\r" + line.ljust(len(last)), nl=False, err=True)
             last = line
         time.sleep(poll)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from ..types import LossFn
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class DefinitionError(ValueError):
 class Definition:
     module: nn.Module
     inputs: tuple[torch.Tensor, ...]
-    loss_fn: Callable[..., torch.Tensor] | None
+    loss_fn: LossFn | None
     name: str
     kind: Literal["spec", "python"]
     source: str

@@ -20,7 +20,7 @@ import inspect
 import itertools
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..types import LossFn
 from .base import Definition, DefinitionError, Problem
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
@@ -159,7 +160,7 @@ def load_python_file(path: str | Path, import_paths: Sequence[str | Path] = ()) 
     if not isinstance(model, nn.Module):
         raise _error(path, f"build() returned a {type(model).__name__} as the model; expected a torch.nn.Module")
     inputs = _inputs(path, raw_inputs)
-    loss_fn: Callable[..., torch.Tensor] | None = getattr(module, "loss_fn", None)
+    loss_fn: LossFn | None = getattr(module, "loss_fn", None)
     if loss_fn is not None and not callable(loss_fn):
         raise _error(path, f"loss_fn is a {type(loss_fn).__name__}; expected a function (output, *inputs) -> scalar")
     return Definition(model, inputs, loss_fn, path.stem, "python", text, {"path": str(path), "module": module.__name__})

@@ -6,7 +6,6 @@ developer machine and FAIL when ``CI=true``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.dashboard_support import (
     serve,
     sign_in,
 )
+from tests.service_support import prerequisite_missing
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +50,7 @@ def _require_browser() -> Any:
     except ImportError:
         missing = "Playwright for Python is not installed (pip install playwright)"
     if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"browser tests cannot run in CI: {missing}")
-        pytest.skip(missing)
+        prerequisite_missing(missing, "the browser tests need Chromium and Playwright")
     return sync_playwright
 
 
@@ -248,7 +246,7 @@ def test_a_nearly_flat_history_has_distinct_tick_labels(browser: Any, site: tupl
 
     from gradcheck_service.service.extensions import store
     from gradcheck_service.service.store.tokens import create_token
-    from tests.dashboard_support import _finish, _submit, mlp_spec, real_report
+    from tests.dashboard_support import finish_with_report, mlp_spec, real_report, submit_run
 
     app, _, base = site
     with app.app_context():  # a project of its own, so the other tests' pages keep their runs
@@ -258,9 +256,9 @@ def test_a_nearly_flat_history_has_distinct_tick_labels(browser: Any, site: tupl
     for i, norm in enumerate((24.9001, 24.9013, 24.9007, 24.9019)):  # a total gradient norm that barely moves
         report = copy.deepcopy(real_report("spec", spec_text, {}))
         report["gradient_norms"]["total_norm"] = norm
-        run_id = _submit(client, token, "spec", spec_text, "flat-mlp", {}, {"branch": "main", "commit": f"f1a7{i}"},
+        run_id = submit_run(client, token, "spec", spec_text, "flat-mlp", {}, {"branch": "main", "commit": f"f1a7{i}"},
                          [])
-        _finish(app, run_id, report)
+        finish_with_report(app, run_id, report)
     page = Page(browser, base, token, viewport={"width": 1280, "height": 800})
     try:
         page.goto("/models/flat-mlp")

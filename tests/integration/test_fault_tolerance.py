@@ -22,12 +22,10 @@ from sqlalchemy.exc import IntegrityError
 
 from gradcheck_service.service.store.models import Project, Run, RunReport, TensorResult
 from tests.integration.private_servers import private_postgres, private_redis
-from tests.integration.service_fixtures import RedisTarget, Service
-from tests.integration.test_service_redis_pg import Api
+from tests.integration.service_fixtures import TERMINAL, Api, RedisTarget, Service
 from tests.service_support import SLOW_MODEL, ServiceProcess, spec, wait_until
 
 pytestmark = pytest.mark.integration
-TERMINAL = ("passed", "failed", "error")
 
 
 def _parent_pid(pid: int) -> int | None:

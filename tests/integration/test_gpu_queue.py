@@ -17,8 +17,7 @@ import pytest
 import redis
 
 from gradcheck_service.service.extensions import machine_has_cuda
-from tests.integration.service_fixtures import Service
-from tests.integration.test_service_redis_pg import Api
+from tests.integration.service_fixtures import Api, Service
 from tests.service_support import (
     ServiceProcess,
     cli,

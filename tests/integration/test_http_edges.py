@@ -169,7 +169,7 @@ def test_tar_gz_bombs_cost_little_cpu_and_healthz_stays_fast(server: Server) -> 
 def test_submissions_are_rate_limited_per_token_by_default(server: Server) -> None:
     token, other = server.token("eager"), server.token("patient")
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    # One kept-alive connection: without Redis the counters are per gunicorn process (as the README says).
+    # One kept-alive connection: without Redis the counters are per gunicorn process (as docs/operations.md says).
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     answers = [server.request("POST", "/api/v1/runs", json.dumps({"spec": spec(name=f"r{i}")}).encode(), headers,
                               connection) for i in range(SUBMIT_RATE + 2)]

@@ -27,7 +27,6 @@ from tests.service_support import (
     cli,
     free_port,
     processes_left_behind,
-    require_bubblewrap,
     service_env,
     wait_until,
     wait_until_ready,
@@ -83,8 +82,7 @@ class LiveService:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    require_bubblewrap()
+def live(tmp_path_factory: pytest.TempPathFactory, bubblewrap: None) -> Iterator[LiveService]:
     tmp = tmp_path_factory.mktemp("hostile")
     data_dir = tmp / "data"
     secret_key = "sk-" + os.urandom(12).hex()

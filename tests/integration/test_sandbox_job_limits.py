@@ -31,7 +31,6 @@ from tests.service_support import (
     cli,
     free_port,
     processes_left_behind,
-    require_bubblewrap,
     service_env,
     wait_until,
     wait_until_ready,
@@ -106,8 +105,8 @@ def _submit(client: ServiceClient, tmp: Path, source: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module", params=["embedded", "redis_pg"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    require_bubblewrap()
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            bubblewrap: None) -> Iterator[Backend]:
     tmp = tmp_path_factory.mktemp(f"joblimits-{request.param}")
     if request.param == "embedded":
         made = _embedded(tmp)

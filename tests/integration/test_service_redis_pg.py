@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 from typing import Any
@@ -10,16 +9,14 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from flask.testing import FlaskClient
 from sqlalchemy import create_engine, inspect
 
 from gradcheck_service.service.store.migrate import head_revision, upgrade
 from gradcheck_service.service.store.models import Base
-from tests.integration.service_fixtures import Service, fresh_pg_database
+from tests.integration.service_fixtures import Api, Service, fresh_pg_database
 from tests.service_support import BUGGY_MODEL, SLOW_MODEL, spec, wait_until
 
 pytestmark = pytest.mark.integration
-TERMINAL = ("passed", "failed", "error")
 
 
 def test_migrations_from_empty_to_head_on_postgresql() -> None:
@@ -36,43 +33,6 @@ def test_migrations_from_empty_to_head_on_postgresql() -> None:
             upgrade(url)  # idempotent
         finally:
             engine.dispose()
-
-
-class Api:
-    """The in-process API of one test, with a project token."""
-
-    def __init__(self, service: Service, project: str = "team") -> None:
-        from gradcheck_service.service.extensions import store
-        from gradcheck_service.service.store.tokens import create_token
-
-        self.app = service.app()
-        self.client: FlaskClient = self.app.test_client()
-        with self.app.app_context():
-            token = create_token(store.session(), project).token
-            store.session().commit()
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-    def submit_spec(self, data: dict[str, Any], **metadata: Any) -> str:
-        response = self.client.post("/api/v1/runs", json={"spec": data, "metadata": metadata}, headers=self.headers)
-        assert response.status_code == 202, response.get_json()
-        return str(response.get_json()["id"])
-
-    def submit_file(self, source: str, name: str = "model.py", **metadata: Any) -> str:
-        import json
-
-        response = self.client.post("/api/v1/runs", headers=self.headers, content_type="multipart/form-data", data={
-            "model": (io.BytesIO(source.encode()), name), "metadata": json.dumps(metadata)})
-        assert response.status_code == 202, response.get_json()
-        return str(response.get_json()["id"])
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        response = self.client.get(f"/api/v1/runs/{run_id}", headers=self.headers)
-        assert response.status_code == 200
-        return dict(response.get_json())
-
-    def wait(self, run_id: str, timeout: float = 120, statuses: tuple[str, ...] = TERMINAL) -> dict[str, Any]:
-        return dict(wait_until(lambda: (r := self.run(run_id))["status"] in statuses and r, timeout,
-                               f"run {run_id} to reach {statuses}"))
 
 
 def test_end_to_end_on_redis_and_postgresql(redis_pg_service: Service) -> None:

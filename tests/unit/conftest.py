@@ -1,3 +1,3 @@
-"""Fixtures of the API tests (the service's store on a temporary SQLite file); see tests/unit/service_api.py."""
+"""Fixtures of the API tests (the service's store on a temporary SQLite file); see tests/api_support.py."""
 
-from tests.unit.service_api import api_app, client, other_project, project  # noqa: F401
+from tests.api_support import api_app, client, other_project, project  # noqa: F401

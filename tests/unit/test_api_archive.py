@@ -13,16 +13,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gradcheck_service.definitions.archive import pack
+from tests.api_support import Project, post_archive
+from tests.dashboard_support import sign_in_client
 from tests.e2e.repository_layouts import LAYOUTS
-from tests.unit.service_api import Project
-from tests.unit.test_dashboard_auth import sign_in
 
 SRC_PACKAGE = {path: text.encode() for path, text in LAYOUTS["src_package"].items() if path.endswith(".py")}
-
-
-def _post(client: FlaskClient, project: Project, archive: bytes, **fields: Any) -> Any:
-    data: dict[str, Any] = {"archive": (io.BytesIO(archive), "repository.zip"), **fields}
-    return client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data", data=data)
 
 
 def _problems(response: Any) -> dict[str, str]:
@@ -32,7 +27,7 @@ def _problems(response: Any) -> dict[str, str]:
 
 def test_an_archive_is_stored_with_its_layout_and_every_file(api_app: Flask, client: FlaskClient,
                                                              project: Project) -> None:
-    response = _post(client, project, pack(SRC_PACKAGE), entry="checks/net_check.py", pythonpath='["src"]',
+    response = post_archive(client, project, pack(SRC_PACKAGE), entry="checks/net_check.py", pythonpath='["src"]',
                      metadata=json.dumps({"git": {"branch": "main"}}))
     assert response.status_code == 202, response.get_json()
     run_id = response.get_json()["id"]
@@ -43,7 +38,7 @@ def test_an_archive_is_stored_with_its_layout_and_every_file(api_app: Flask, cli
     assert {f["path"]: f["source"] for f in definition["files"]} == {k: v.decode() for k, v in SRC_PACKAGE.items()}
     assert definition["source"] == SRC_PACKAGE["checks/net_check.py"].decode()
 
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/runs/{run_id}").get_data(as_text=True)
     assert "repository archive, 5 files" in html
     for path in SRC_PACKAGE:
@@ -51,7 +46,7 @@ def test_an_archive_is_stored_with_its_layout_and_every_file(api_app: Flask, cli
     assert html.index('data-path="checks/net_check.py"') < html.index('data-path="src/mylib/layers.py"')
     assert "grad * FACTOR * (1.0 - t * t)" in html  # the package module's source is shown, not only the check file
 
-    again = _post(client, project, pack(SRC_PACKAGE), entry="checks/net_check.py", pythonpath='["src"]')
+    again = post_archive(client, project, pack(SRC_PACKAGE), entry="checks/net_check.py", pythonpath='["src"]')
     other = client.get(f"/api/v1/runs/{again.get_json()['id']}", headers=project.headers).get_json()
     assert other["model"]["hash"] == run["model"]["hash"]  # the same files: the same definition
 
@@ -79,7 +74,7 @@ def _zip_with(name: str, data: bytes = b"") -> bytes:
 ])
 def test_bad_archives_are_422_naming_the_member_or_field(client: FlaskClient, project: Project, archive: bytes,
                                                          fields: dict[str, str], path: str, message: str) -> None:
-    problems = _problems(_post(client, project, archive, **fields))
+    problems = _problems(post_archive(client, project, archive, **fields))
     assert message in problems[path]
 
 
@@ -118,10 +113,10 @@ def test_file_names_with_bidi_controls_are_shown_escaped(api_app: Flask, client:
                                                          project: Project) -> None:
     """U+202E (right-to-left override) in a file name would make "evil", U+202E, "yp.txt" display as
     "eviltxt.py"."""
-    response = _post(client, project, pack({"check.py": b"def build(): ...\n", "evil\u202eyp.txt": b"x"}),
+    response = post_archive(client, project, pack({"check.py": b"def build(): ...\n", "evil\u202eyp.txt": b"x"}),
                      entry="check.py")
     assert response.status_code == 202, response.get_json()
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/runs/{response.get_json()['id']}").get_data(as_text=True)
     assert "\u202e" not in html
     assert "<code>evil\\u202eyp.txt</code>" in html

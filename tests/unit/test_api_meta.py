@@ -6,7 +6,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gradcheck_service.service.app import create_app
-from tests.unit.service_api import Project
+from tests.api_support import Project
 
 
 def test_openapi_lists_every_api_route_and_method(api_app: Flask, client: FlaskClient) -> None:

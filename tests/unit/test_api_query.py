@@ -11,8 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gradcheck_service.service.api.schemas import Comparison, ModelList, RunOut, RunPage
+from tests.api_support import Project, finish_with_report
 from tests.service_support import BUGGY_MODEL, real_report, spec
-from tests.unit.service_api import Project, finish_with_report
 
 
 def _submit(client: FlaskClient, project: Project, **metadata: Any) -> str:

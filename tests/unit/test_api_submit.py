@@ -14,8 +14,8 @@ from gradcheck_service.definitions.json_input import NOT_FINITE
 from gradcheck_service.options import CheckOptions
 from gradcheck_service.service.api.schemas import RunOut
 from gradcheck_service.service.extensions import machine_has_cuda
+from tests.api_support import Project
 from tests.service_support import BUGGY_MODEL, spec
-from tests.unit.service_api import Project
 
 
 def _problems(response) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.unit.service_api import Project
+from tests.api_support import Project
+from tests.dashboard_support import csrf_token, sign_in_client
 
 PAGES = ["/", "/models", "/models/mlp", "/compare", "/runs/0123456789abcdef0123456789abcdef"]
-
-
-def csrf_token(client: FlaskClient, path: str = "/login") -> str:
-    html = client.get(path).get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
-    assert match, f"no CSRF token in {path}"
-    return match.group(1)
-
-
-def sign_in(client: FlaskClient, token: str) -> None:
-    response = client.post("/login", data={"token": token, "csrf_token": csrf_token(client)})
-    assert response.status_code == 302, response.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -98,7 +85,7 @@ def test_session_cookie_holds_no_token_and_is_httponly_lax(client: FlaskClient, 
 
 
 def test_sign_out_needs_post_with_csrf(client: FlaskClient, project: Project) -> None:
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     assert client.get("/logout").status_code == 405
     refused = client.post("/logout", data={"csrf_token": "forged"})
     assert refused.status_code == 400
@@ -113,7 +100,7 @@ def test_revoking_the_token_ends_its_dashboard_sessions(api_app: Flask, client: 
     from gradcheck_service.service.extensions import store
     from gradcheck_service.service.store.tokens import list_tokens, revoke_token
 
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     assert client.get("/").status_code == 200
     with api_app.app_context():
         session = store.session()
@@ -123,14 +110,14 @@ def test_revoking_the_token_ends_its_dashboard_sessions(api_app: Flask, client: 
 
 
 def test_dashboard_session_grants_no_api_access(client: FlaskClient, project: Project) -> None:
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     response = client.get("/api/v1/runs")
     assert response.status_code == 401
     assert response.is_json
 
 
 def test_pages_carry_a_same_origin_content_security_policy(client: FlaskClient, project: Project) -> None:
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     policy = client.get("/").headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "default-src 'self'" in policy
     assert "http" not in policy  # nothing from another origin, so the dashboard works offline

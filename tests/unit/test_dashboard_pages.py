@@ -12,44 +12,18 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event
 
-from tests.dashboard_support import BUGGY_FILE, FAULTY_MODULE, real_report
+from tests.api_support import Project, finish_with_report
+from tests.dashboard_support import (
+    FAULTY_MODULE,
+    failed_run,
+    passed_run,
+    real_report,
+    sign_in_client,
+    submit_tiny,
+)
 from tests.service_support import TINY_SPEC
-from tests.unit.service_api import Project, finish_with_report
-from tests.unit.test_dashboard_auth import sign_in
 
 TINY = json.dumps(TINY_SPEC)
-
-
-def submit(client: FlaskClient, project: Project, name: str = "tiny", branch: str = "main",
-           labels: list[str] | None = None) -> str:
-    response = client.post("/api/v1/runs", headers=project.headers, json={
-        "spec": TINY_SPEC, "metadata": {"name": name, "git": {"branch": branch, "commit": "abc123"},
-                                        "labels": labels or []}})
-    assert response.status_code == 202, response.get_data(as_text=True)
-    return str(response.get_json()["id"])
-
-
-def submit_buggy(client: FlaskClient, project: Project) -> str:
-    import io
-
-    response = client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data", data={
-        "model": (io.BytesIO(BUGGY_FILE.read_bytes()), "swish.py"),
-        "metadata": json.dumps({"name": "swish-net", "git": {"branch": "feature/swish"}}),
-    })
-    assert response.status_code == 202, response.get_data(as_text=True)
-    return str(response.get_json()["id"])
-
-
-def passed_run(api_app: Flask, client: FlaskClient, project: Project, **kwargs: Any) -> str:
-    run_id = submit(client, project, **kwargs)
-    finish_with_report(api_app, run_id, real_report("spec", TINY, {}))
-    return run_id
-
-
-def failed_run(api_app: Flask, client: FlaskClient, project: Project) -> str:
-    run_id = submit_buggy(client, project)
-    finish_with_report(api_app, run_id, real_report("python", BUGGY_FILE.read_text(), {}))
-    return run_id
 
 
 def run_ids_on(html: str) -> list[str]:
@@ -57,7 +31,7 @@ def run_ids_on(html: str) -> list[str]:
 
 
 def test_new_project_sees_the_empty_state(client: FlaskClient, project: Project) -> None:
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get("/").get_data(as_text=True)
     assert 'id="empty-state"' in html and "gradcheck-service submit" in html
     assert 'id="empty-state"' in client.get("/models").get_data(as_text=True)
@@ -67,7 +41,7 @@ def test_only_the_signed_in_projects_runs_are_shown(api_app: Flask, client: Flas
                                                     other_project: Project) -> None:
     mine = passed_run(api_app, client, project, name="mine")
     theirs = passed_run(api_app, client, other_project, name="theirs")
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get("/").get_data(as_text=True)
     assert run_ids_on(html) == [mine]
     assert "theirs" not in html
@@ -83,7 +57,7 @@ def test_only_the_signed_in_projects_runs_are_shown(api_app: Flask, client: Flas
 def test_another_projects_run_is_a_404_page_in_the_dashboard_style(api_app: Flask, client: FlaskClient,
                                                                    project: Project, other_project: Project) -> None:
     theirs = passed_run(api_app, client, other_project)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     response = client.get(f"/runs/{theirs}")
     html = response.get_data(as_text=True)
     assert response.status_code == 404 and response.mimetype == "text/html"
@@ -93,8 +67,8 @@ def test_another_projects_run_is_a_404_page_in_the_dashboard_style(api_app: Flas
 def test_filters_and_search(api_app: Flask, client: FlaskClient, project: Project) -> None:
     ok = passed_run(api_app, client, project, name="alpha-net", branch="main", labels=["nightly"])
     bad = failed_run(api_app, client, project)
-    queued = submit(client, project, name="gamma", branch="dev")
-    sign_in(client, project.token)
+    queued = submit_tiny(client, project, name="gamma", branch="dev")
+    sign_in_client(client, project.token)
     assert run_ids_on(client.get("/?status=failed").get_data(as_text=True)) == [bad]
     assert run_ids_on(client.get("/?status=queued").get_data(as_text=True)) == [queued]
     assert run_ids_on(client.get("/?branch=feature/swish").get_data(as_text=True)) == [bad]
@@ -113,7 +87,7 @@ def test_filters_and_search(api_app: Flask, client: FlaskClient, project: Projec
                                             ("older=not-a-cursor", "not valid any more")])
 def test_bad_filter_values_are_a_400_page_naming_the_problem(client: FlaskClient, project: Project, query: str,
                                                              problem: str) -> None:
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     response = client.get(f"/?{query}")
     assert response.status_code == 400
     assert problem in response.get_data(as_text=True)
@@ -121,8 +95,8 @@ def test_bad_filter_values_are_a_400_page_naming_the_problem(client: FlaskClient
 
 def test_paging_walks_every_run_once_both_ways(api_app: Flask, client: FlaskClient, project: Project) -> None:
     api_app.config["PAGE_SIZE"] = 3
-    made = [submit(client, project, name=f"m{i}") for i in range(8)]
-    sign_in(client, project.token)
+    made = [submit_tiny(client, project, name=f"m{i}") for i in range(8)]
+    sign_in_client(client, project.token)
     seen: list[str] = []
     pages: list[str] = []
     url: str | None = "/"
@@ -144,7 +118,7 @@ def test_paging_walks_every_run_once_both_ways(api_app: Flask, client: FlaskClie
 def test_failed_run_page_names_the_faulty_module_and_lists_failures_first(api_app: Flask, client: FlaskClient,
                                                                           project: Project) -> None:
     run_id = failed_run(api_app, client, project)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/runs/{run_id}").get_data(as_text=True)
     banner = html[html.index('id="verdict"'):html.index("</section>", html.index('id="verdict"'))]
     assert FAULTY_MODULE in banner and "faulty module" in banner
@@ -161,7 +135,7 @@ def test_failed_run_page_names_the_faulty_module_and_lists_failures_first(api_ap
 def test_chart_configs_are_embedded_as_data_not_code(api_app: Flask, client: FlaskClient,
                                                      project: Project) -> None:
     run_id = passed_run(api_app, client, project)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/runs/{run_id}").get_data(as_text=True)
     configs = re.findall(r'<script type="application/json" id="(chart-[a-z-]+)-config">(.*?)</script>', html, re.S)
     names = {name for name, _ in configs}
@@ -176,11 +150,11 @@ def test_queued_and_error_runs_have_no_report_sections(api_app: Flask, client: F
     from gradcheck_service.service.extensions import store
     from gradcheck_service.service.store.lifecycle import fail_run
 
-    queued = submit(client, project)
-    broken = submit(client, project)
+    queued = submit_tiny(client, project)
+    broken = submit_tiny(client, project)
     with api_app.app_context():
         fail_run(store.session(), broken, None, "timeout", "ran past 600 s")
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/runs/{queued}").get_data(as_text=True)
     assert "Waiting for a worker" in html and "data-live=" in html
     html = client.get(f"/runs/{broken}").get_data(as_text=True)
@@ -191,7 +165,7 @@ def test_compare_highlights_the_changed_verdict_and_newly_faulty_module(api_app:
                                                                         project: Project) -> None:
     a = passed_run(api_app, client, project)
     b = failed_run(api_app, client, project)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/compare?a={a}&b={b}").get_data(as_text=True)
     assert re.search(r'<li class="changed" id="verdict-change">Verdict: passed → <strong>failed', html)
     assert f"Newly faulty: <code>{FAULTY_MODULE}</code>" in html
@@ -216,7 +190,7 @@ def test_a_crash_is_a_500_page_without_the_traceback(api_app: Flask, client: Fla
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(charts, "gradient_flow", broken)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     response = client.get(f"/runs/{run_id}")
     html = response.get_data(as_text=True)
     assert response.status_code == 500 and "Something went wrong" in html
@@ -229,7 +203,7 @@ def test_list_page_queries_stay_bounded_as_runs_grow(api_app: Flask, client: Fla
     from gradcheck_service.service.extensions import store
 
     api_app.config["PAGE_SIZE"] = 10
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
 
     def statements() -> list[str]:
         seen: list[str] = []
@@ -245,10 +219,10 @@ def test_list_page_queries_stay_bounded_as_runs_grow(api_app: Flask, client: Fla
         return seen
 
     for i in range(3):
-        submit(client, project, name=f"m{i}", labels=["x"])
+        submit_tiny(client, project, name=f"m{i}", labels=["x"])
     few = statements()
     for i in range(30):
-        submit(client, project, name=f"m{i}", labels=["x"])
+        submit_tiny(client, project, name=f"m{i}", labels=["x"])
     many = statements()
     assert len(few) == len(many)
     page_reads = [s for s in many if re.search(r"FROM runs\s", s) and "count(" not in s.lower()
@@ -264,7 +238,7 @@ def test_mixed_precision_section_shows_the_verdict(api_app: Flask, client: Flask
     run_id = response.get_json()["id"]
     report = real_report("spec", mlp_spec(), {"precision": "bf16"})
     finish_with_report(api_app, run_id, report)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/runs/{run_id}").get_data(as_text=True)
     section = html[html.index('id="precision"'):]
     assert report["memory"]["precision"]["verdict"].capitalize() in section
@@ -281,7 +255,7 @@ def test_count_and_label_choices_are_bounded_reads(api_app: Flask, client: Flask
     from gradcheck_service.service.store.queries import RunFilters
 
     for i in range(4):
-        submit(client, project, name=f"m{i}", labels=[f"l{i}"])
+        submit_tiny(client, project, name=f"m{i}", labels=[f"l{i}"])
     with api_app.app_context():
         session = store.session()
         project_id = session.scalar(select(ProjectRow.id).where(ProjectRow.name == project.name))
@@ -290,7 +264,7 @@ def test_count_and_label_choices_are_bounded_reads(api_app: Flask, client: Flask
         assert queries.count_matching(session, project_id, RunFilters(), cap=2) == 3  # "more than 2"
         monkeypatch.setattr(queries, "LABEL_WINDOW", 2)
         assert queries.filter_choices(session, project_id).labels == ["l2", "l3"]  # the latest runs' labels
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get("/?label=l0").get_data(as_text=True)
     assert '<option value="l0" selected>' in html  # the active filter stays selectable
 
@@ -298,7 +272,7 @@ def test_count_and_label_choices_are_bounded_reads(api_app: Flask, client: Flask
 def test_a_probed_tensor_reads_as_probed_not_as_nothing_checked(api_app: Flask, client: FlaskClient,
                                                                  project: Project) -> None:
     run_id = passed_run(api_app, client, project)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     report = client.get(f"/runs/{run_id}.json").get_json()["report"]
     probed = [t for t in report["gradient_check"]["parameters"] if t["probes"] and not t["coordinates_checked"]]
     assert probed, "the tiny spec's default-mode check probes some tensor"

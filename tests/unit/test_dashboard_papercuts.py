@@ -14,11 +14,9 @@ from gradcheck_service.definitions.archive import pack
 from gradcheck_service.report import Report
 from gradcheck_service.service.dashboard import charts
 from gradcheck_service.service.dashboard.report_view import check_rows, readable_report
-from tests.dashboard_support import real_report
+from tests.api_support import Project, finish_with_report, post_archive
+from tests.dashboard_support import real_report, sign_in_client, submit_tiny
 from tests.service_support import TINY_SPEC
-from tests.unit.service_api import Project, finish_with_report
-from tests.unit.test_api_archive import _post
-from tests.unit.test_dashboard_auth import sign_in
 
 ONE_FILE = {"net_check.py": b"import torch\n\ndef build():\n    return torch.nn.Linear(2, 1), torch.randn(3, 2)\n"}
 
@@ -33,12 +31,12 @@ def _probe_only(report: dict[str, Any]) -> dict[str, Any]:
 
 def test_an_archive_of_one_file_at_its_root_and_a_probe_only_tensor(api_app: Flask, client: FlaskClient,
                                                                     project: Project) -> None:
-    response = _post(client, project, pack(ONE_FILE), entry="net_check.py")
+    response = post_archive(client, project, pack(ONE_FILE), entry="net_check.py")
     assert response.status_code == 202, response.get_json()
     run_id = response.get_json()["id"]
     report = _probe_only(json.loads(json.dumps(real_report("spec", json.dumps(TINY_SPEC), {}))))
     finish_with_report(api_app, run_id, report)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/runs/{run_id}").get_data(as_text=True)
     assert "repository archive, 1 file, read-only" in html
     assert "imported from the repository root</p>" in html and "<code>.</code>" not in html
@@ -66,5 +64,27 @@ def test_stored_non_finite_figures_are_numbers_on_the_page() -> None:
     report.gradient_check.parameters[0].passed = False
     stored = report.to_jsonable()  # as the service stores it: "NaN"
     assert stored["gradient_check"]["parameters"][0]["max_abs_error"] == "NaN"
-    rows = check_rows(readable_report(stored))
-    assert math.isnan(rows[0].max_abs_error)  # type: ignore[arg-type]
+    readable = readable_report(stored)
+    assert readable is not None
+    rows = check_rows(readable)
+    assert rows[0].tensor.name == "layers.0.weight" and math.isnan(rows[0].tensor.max_abs_error)
+
+
+def test_a_report_of_another_version_is_named_not_drawn(api_app: Flask, client: FlaskClient,
+                                                        project: Project) -> None:
+    """A stored report this version cannot read (a field it does not know) is not a 500: the page says why it
+    is not shown and links the JSON, which is served as stored."""
+    run_id = submit_tiny(client, project)
+    finish_with_report(api_app, run_id, real_report("spec", json.dumps(TINY_SPEC), {}))
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import RunReport
+
+    with api_app.app_context():
+        row = store.session().get(RunReport, run_id)
+        assert row is not None
+        row.report = {**row.report, "section_of_a_later_version": {"figure": 1}}
+        store.session().commit()
+    sign_in_client(client, project.token)
+    page = client.get(f"/runs/{run_id}").get_data(as_text=True)
+    assert "written by another version of the service" in page and f"/runs/{run_id}.json" in page
+    assert "section_of_a_later_version" in client.get(f"/runs/{run_id}.json").get_data(as_text=True)

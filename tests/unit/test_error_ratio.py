@@ -14,10 +14,9 @@ from torch import nn
 from gradcheck_service import check
 from gradcheck_service.cli.render import render_gradient_check
 from gradcheck_service.report import TensorCheck
+from tests.api_support import Project
+from tests.dashboard_support import failed_run, sign_in_client
 from tests.fixtures.buggy_models import BUGGY
-from tests.unit.service_api import Project
-from tests.unit.test_dashboard_auth import sign_in
-from tests.unit.test_dashboard_pages import failed_run
 
 
 class KeyBiasAttention(nn.Module):
@@ -74,7 +73,7 @@ def test_every_tensor_passes_exactly_when_its_ratio_is_at_most_one(case: str, mo
 def test_run_page_shows_the_ratio_column_in_agreement_with_the_verdicts(api_app: Flask, client: FlaskClient,
                                                                         project: Project) -> None:
     run_id = failed_run(api_app, client, project)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     html = client.get(f"/runs/{run_id}").get_data(as_text=True)
     table = html[html.index('id="check-table"'):html.index("</table>", html.index('id="check-table"'))]
     assert "Error / tolerance" in table
@@ -92,7 +91,7 @@ def test_the_ratio_is_stored_with_each_tensor_row(api_app: Flask, client: FlaskC
     from gradcheck_service.service.store.models import TensorResult
 
     run_id = failed_run(api_app, client, project)
-    sign_in(client, project.token)
+    sign_in_client(client, project.token)
     report = client.get(f"/runs/{run_id}.json").get_json()["report"]
     gc = report["gradient_check"]
     expected = {t["name"]: t["max_error_ratio"] for t in gc["parameters"] + gc["inputs"]}

@@ -33,16 +33,43 @@ from gradcheck_service.definitions.checking import check_definition
 
 
 def test_the_public_names_still_resolve_from_their_old_paths() -> None:
-    """Deployments name ``gradcheck_service.app:create_app()``; the report's sections are imported from
-    ``gradcheck_service.report`` and the engine's modules alike."""
+    """Every name of docs/import-paths.md, from where it lives and from where it was: deployments name
+    ``gradcheck_service.app:create_app()``; the report's sections are imported from ``gradcheck_service.report``
+    and the engine's modules alike."""
     code = """
-from gradcheck_service import create_app
+from gradcheck_service import CheckOptions, Report, __version__, check, create_app
+from gradcheck_service.checks.engine import check as engine_check, CheckError
+from gradcheck_service.checks.working_copy import CheckError as working_copy_error
+assert check is engine_check and CheckError is working_copy_error
 from gradcheck_service.app import create_app as old_create_app
 from gradcheck_service.service.app import create_app as new_create_app
 assert create_app is old_create_app is new_create_app
-from gradcheck_service.report import Report, MemoryProfile, Diagnosis, GradientNorms
+from gradcheck_service.testing import assert_gradients_ok
+from gradcheck_service.pytest_plugin import gradcheck
+from gradcheck_service.definitions.spec import spec_json_schema
+from gradcheck_service.report import (Report as R, TensorCheck, GradientCheck, Localization, ModuleCheck, Timings,
+    ModelInfo, Environment, MemoryProfile, Diagnosis, GradientNorms, Finding, report_json_schema, write_json_schema,
+    SCHEMA_PATH)
+from gradcheck_service.report.model import Report as model_report
 from gradcheck_service.checks.memory import MemoryProfile as engine_memory_profile
-from gradcheck_service.checks.health import Diagnosis as engine_diagnosis
-assert engine_memory_profile is MemoryProfile and engine_diagnosis is Diagnosis
+from gradcheck_service.checks.health import Diagnosis as engine_diagnosis, GradientNorms as engine_norms
+from gradcheck_service.checks.gradient_stats import GradientNorms as stats_norms
+from gradcheck_service.checks.findings import Finding as engine_finding
+from gradcheck_service.checks.batch_scaling import BatchScaling
+from gradcheck_service.checks.checkpointing import CheckpointingPlan
+from gradcheck_service.checks.precision import PrecisionComparison
+from gradcheck_service.report.memory import BatchScaling as B, CheckpointingPlan as C, PrecisionComparison as P
+assert Report is R is model_report and engine_memory_profile is MemoryProfile and engine_diagnosis is Diagnosis
+assert engine_norms is stats_norms is GradientNorms and engine_finding is Finding
+assert (BatchScaling, CheckpointingPlan, PrecisionComparison) == (B, C, P)
+from gradcheck_service.report.units import human_bytes, parse_bytes
+from gradcheck_service.cli.render_health import human_bytes as old_human_bytes
+from gradcheck_service.cli.check import parse_bytes as click_parse_bytes
+assert old_human_bytes is human_bytes and click_parse_bytes("1KiB") == parse_bytes("1KiB") == 1024
+from gradcheck_service.types import LossFn, ExitCode, Mode, FailOn, Verdict
+from gradcheck_service.checks.loss import LossFn as engine_loss_fn
+from gradcheck_service.runs import RunOut, RunCreated, RunSummary
+from gradcheck_service.service.api import schemas
+assert (schemas.RunOut, schemas.RunCreated, schemas.RunSummary) == (RunOut, RunCreated, RunSummary)
 """
     _loaded_after(code)  # the subprocess fails (CalledProcessError) when a name does not resolve

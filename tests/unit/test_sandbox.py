@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -27,14 +26,6 @@ BARE = sandbox.Isolation(bubblewrap=False, network_namespace=False, pid_namespac
                          unprivileged_user=False, rlimits=True, notes=["bubblewrap (bwrap) is not installed"])
 LIMITS = sandbox.Limits(address_space_bytes=3 * 2**30, cpu_seconds=5, processes=64, file_size_bytes=2**20,
                         open_files=100)
-
-
-@pytest.fixture
-def bubblewrap() -> None:
-    if shutil.which("bwrap") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("bubblewrap (bwrap) is not installed (CI=true: apt-get install bubblewrap)")
-        pytest.skip("bubblewrap (bwrap) is not installed")
 
 
 def _pairs(argv: list[str], flag: str) -> list[str]:

@@ -9,12 +9,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
 from ...options import CheckOptions
+from ...runs import Progress as Progress
+from ...runs import RunCreated as RunCreated
+from ...runs import RunError as RunError
+from ...runs import RunOut as RunOut
+from ...runs import RunSummary as RunSummary
+from ...runs import Status as Status
 from ...strict_json import StrictModel
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/=+@-]+$")]
-# A run's status (store.models.RUN_STATUSES): inconclusive is a finished check whose report's verdict is
-# inconclusive (nothing wrong found, too little compared to call it passed).
-Status = Literal["queued", "running", "passed", "failed", "inconclusive", "error"]
 
 
 class GitInfo(StrictModel):
@@ -72,62 +75,6 @@ class RunQuery(StrictModel):
                                 "run is neither; filter it with status=inconclusive).")
     limit: Annotated[int, Field(ge=1, le=500)] | None = None
     cursor: str | None = Field(None, description="next_cursor of the previous page.")
-
-
-class Progress(BaseModel):
-    stage: str | None
-    fraction: float | None
-
-
-class RunError(BaseModel):
-    code: str
-    message: str
-
-
-class RunSummary(BaseModel):
-    """Headline figures of a finished run (from the queryable tables)."""
-
-    passed: bool
-    faulty_modules: list[str]
-    failed_because: list[str]
-    inconclusive_because: list[str] = Field(default_factory=list, description="Why the verdict is inconclusive "
-                                            "(status inconclusive): nothing wrong found, too little compared.")
-    diagnosis: list[str]
-    total_gradient_norm: float | None
-    parameter_bytes: int | None
-    gradient_bytes: int | None
-    optimizer_bytes: int | None
-    activation_bytes: int | None
-    peak_bytes: int | None
-
-
-class RunOut(BaseModel):
-    id: str
-    status: Status
-    model: dict[str, Any] = Field(description="name, hash (SHA-256 of the definition) and kind (spec|python).")
-    options: dict[str, Any]
-    git: GitInfo
-    labels: list[str]
-    device: str
-    queue: str
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    attempts: int
-    worker_host: str | None
-    progress: Progress
-    timings: dict[str, float | None] = Field(description="queued_s, run_s (wall, seconds) and check_s (the "
-                                             "check's own time).")
-    error: RunError | None
-    summary: RunSummary | None = None
-    report: dict[str, Any] | None = Field(None, description="The full report (see report.schema.json).")
-
-
-class RunCreated(BaseModel):
-    id: str
-    status: Status
-    queue: str
-    url: str
 
 
 class RunPage(BaseModel):

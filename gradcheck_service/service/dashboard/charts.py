@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...report import LayerSignal, Report
+
 BLUE, ORANGE, RED, GREEN, GREY, PURPLE = "#2563eb", "#ea580c", "#dc2626", "#16a34a", "#64748b", "#7c3aed"
 STATUS_COLORS = {"passed": GREEN, "failed": RED, "inconclusive": PURPLE, "error": ORANGE, "queued": GREY,
                  "running": BLUE}
@@ -75,38 +77,38 @@ def _threshold(label: str, value: float, count: int, color: str) -> dict[str, An
             "borderWidth": 1.5, "pointRadius": 0, "fill": False}
 
 
-def layer_label(layer: Mapping[str, Any]) -> str:
-    name = layer.get("name") or "(root)"
-    call = layer.get("call") or 0
-    return f"{name} #{call + 1}" if call else str(name)
+def layer_label(name: str | None, call: int | None) -> str:
+    """A layer's name, with its call number from the second call on ('block #2')."""
+    name = name or "(root)"
+    return f"{name} #{call + 1}" if call else name
 
 
-def reference_signal(layers: Sequence[Mapping[str, Any]]) -> float | None:
+def reference_signal(layers: Sequence[LayerSignal]) -> float | None:
     """The last layer's backward-signal norm, the reference the diagnosis divides by (forward order)."""
-    reached = [layer for layer in layers if _positive(layer.get("grad_norm")) is not None
-               and not layer.get("nonfinite_grad") and (layer.get("output_numel") or 0) > 0]
-    return float(reached[-1]["grad_norm"]) if reached else None
+    reached = [layer.grad_norm for layer in layers if layer.grad_norm is not None
+               and _positive(layer.grad_norm) is not None and not layer.nonfinite_grad and layer.output_numel > 0]
+    return reached[-1] if reached else None
 
 
-def gradient_flow(report: Mapping[str, Any]) -> ChartSpec | None:
+def gradient_flow(report: Report) -> ChartSpec | None:
     """Backward-signal norm by layer depth on a log axis, with the vanishing/exploding thresholds.
 
     The diagnosis calls gradients vanishing when first/last < ``vanishing_ratio`` (and exploding above
     ``exploding_ratio``); drawn relative to the last layer's signal, a layer under the lower line gets a signal
     that much weaker than the output end of the network.
     """
-    layers = (report.get("gradient_norms") or {}).get("layers") or []
+    layers = report.gradient_norms.layers if report.gradient_norms else []
     if not layers:
         return None
-    labels = [layer_label(layer) for layer in layers]
-    norms = [_positive(layer.get("grad_norm")) for layer in layers]
-    thresholds = ((report.get("options") or {}).get("thresholds") or {})
+    labels = [layer_label(layer.name, layer.call) for layer in layers]
+    norms = [_positive(layer.grad_norm) for layer in layers]
+    thresholds = report.options.thresholds
     reference = reference_signal(layers)
     datasets: list[dict[str, Any]] = []
     colors = [BLUE] * len(layers)
     if reference is not None:
-        low = reference * float(thresholds.get("vanishing_ratio", 1e-3))
-        high = reference * float(thresholds.get("exploding_ratio", 1e3))
+        low = reference * thresholds.vanishing_ratio
+        high = reference * thresholds.exploding_ratio
         colors = [RED if n is not None and not low <= n <= high else BLUE for n in norms]
         datasets += [_threshold(f"vanishing threshold ({low:.2g})", low, len(layers), ORANGE),
                      _threshold(f"exploding threshold ({high:.2g})", high, len(layers), RED)]
@@ -118,70 +120,72 @@ def gradient_flow(report: Mapping[str, Any]) -> ChartSpec | None:
     }, units={"y": "sci"})
 
 
-def parameter_norms(report: Mapping[str, Any]) -> ChartSpec | None:
+def parameter_norms(report: Report) -> ChartSpec | None:
     """Per-parameter gradient L2 norms, one horizontal bar each, log axis; parameters with NaN/Inf in red."""
-    params = (report.get("gradient_norms") or {}).get("parameters") or []
+    params = report.gradient_norms.parameters if report.gradient_norms else []
     if not params:
         return None
-    colors = [RED if (p.get("nan_count") or p.get("inf_count")) else BLUE for p in params]
-    norms = [_positive(p.get("l2_norm")) for p in params]
+    colors = [RED if (p.nan_count or p.inf_count) else BLUE for p in params]
+    norms = [_positive(p.l2_norm) for p in params]
     dataset = {"label": "gradient L2 norm", "data": norms, "backgroundColor": colors}
     log = _wide(norms, 1.0)
     x = _axis("gradient L2 norm (log)", log=True) if log else _axis("gradient L2 norm", beginAtZero=True)
-    return _spec("bar", [p.get("name", "") for p in params], [dataset], {"x": x, "y": {"ticks": {"autoSkip": False}}},
+    return _spec("bar", [p.name for p in params], [dataset], {"x": x, "y": {"ticks": {"autoSkip": False}}},
                  units={"x": "sci"}, height=max(160, ROW_PX * len(params) + 70), indexAxis="y")
 
 
-def memory_breakdown(report: Mapping[str, Any]) -> ChartSpec | None:
+def memory_breakdown(report: Report) -> ChartSpec | None:
     """One training step's memory: parameters, gradients, Adam state and activations stacked, beside the
     measured forward+backward peak."""
-    memory = report.get("memory")
-    if not memory:
+    memory = report.memory
+    if memory is None:
         return None
-    parts = [("parameters", memory.get("parameter_bytes"), BLUE),
-             ("gradients", memory.get("gradient_bytes"), PURPLE),
-             ("optimizer state (Adam)", (memory.get("optimizer_state") or {}).get("adam_bytes"), GREY),
-             ("activations saved for backward", memory.get("activation_bytes"), ORANGE)]
+    parts = [("parameters", memory.parameter_bytes, BLUE),
+             ("gradients", memory.gradient_bytes, PURPLE),
+             ("optimizer state (Adam)", memory.optimizer_state.adam_bytes, GREY),
+             ("activations saved for backward", memory.activation_bytes, ORANGE)]
     datasets = [{"label": label, "data": [value, None], "backgroundColor": color, "stack": "step"}
                 for label, value, color in parts]
-    datasets.append({"label": "measured peak (forward + backward)", "data": [None, memory.get("peak_bytes")],
+    datasets.append({"label": "measured peak (forward + backward)", "data": [None, memory.peak_bytes],
                      "backgroundColor": RED, "stack": "step"})
     return _spec("bar", ["training step with Adam", "measured peak"], datasets, {
         "x": _axis("bytes", stacked=True, beginAtZero=True), "y": {"stacked": True},
     }, units={"x": "bytes"}, height=190, indexAxis="y")
 
 
-def activations_by_module(report: Mapping[str, Any], top: int = 20) -> ChartSpec | None:
+def activations_by_module(report: Report, top: int = 20) -> ChartSpec | None:
     """Bytes saved for backward per module, largest first, at most ``top`` modules."""
-    modules = ((report.get("memory") or {}).get("activations_by_module") or [])[:top]
+    modules = report.memory.activations_by_module[:top] if report.memory else []
     if not modules:
         return None
-    labels = [f"{m.get('module') or '(root)'} ({m.get('type', '')})" for m in modules]
-    dataset = {"label": "activation bytes", "data": [m.get("bytes") for m in modules], "backgroundColor": ORANGE}
+    labels = [f"{m.module or '(root)'} ({m.type})" for m in modules]
+    dataset = {"label": "activation bytes", "data": [m.bytes for m in modules], "backgroundColor": ORANGE}
     return _spec("bar", labels, [dataset], {"x": _axis("bytes", beginAtZero=True),
                                             "y": {"ticks": {"autoSkip": False}}},
                  units={"x": "bytes"}, height=max(160, ROW_PX * len(modules) + 70), indexAxis="y")
 
 
-def batch_scaling(report: Mapping[str, Any], points: int = 40) -> ChartSpec | None:
+def batch_scaling(report: Report, points: int = 40) -> ChartSpec | None:
     """Measured peak/activation bytes at each batch size, the fitted lines, and the memory budget.
 
     Both axes are logarithmic: the measured batches (a few samples) and the largest batch under the budget (often
     thousands) differ by orders of magnitude. The fitted line ``fixed + per_sample * batch`` is sampled at
     ``points`` geometrically spaced batch sizes so it draws as the curve it is on log-log axes.
     """
-    memory = report.get("memory") or {}
-    scaling = memory.get("batch_scaling") or {}
-    if not scaling.get("possible"):
+    memory = report.memory
+    scaling = memory.batch_scaling if memory else None
+    if memory is None or scaling is None or not scaling.possible:
         return None
-    sizes, peaks = scaling["batch_sizes"], scaling["peak_bytes"]
-    p_fixed, p_per = float(scaling["peak_fixed_bytes"]), float(scaling["peak_per_sample_bytes"])
-    budget = scaling.get("budget_bytes")
-    largest = max(scaling.get("largest_batch") or 0, scaling.get("largest_batch_with_adam") or 0)
+    if scaling.peak_fixed_bytes is None or scaling.peak_per_sample_bytes is None or not scaling.batch_sizes:
+        return None  # without the fitted line and its measurements there is nothing to draw
+    sizes, peaks = scaling.batch_sizes, scaling.peak_bytes
+    p_fixed, p_per = scaling.peak_fixed_bytes, scaling.peak_per_sample_bytes
+    budget = scaling.budget_bytes
+    largest = max(scaling.largest_batch or 0, scaling.largest_batch_with_adam or 0)
     x_min = max(1.0, min(sizes) / 2)
     x_max = max(max(sizes) * 4.0, largest * 1.5)
     xs = [x_min * (x_max / x_min) ** (i / (points - 1)) for i in range(points)]
-    adam = float((memory.get("optimizer_state") or {}).get("adam_bytes") or 0)
+    adam = float(memory.optimizer_state.adam_bytes)
 
     def fitted(label: str, offset: float, color: str) -> dict[str, Any]:
         data = [{"x": round(x, 3), "y": p_fixed + offset + p_per * x} for x in xs]
@@ -192,7 +196,7 @@ def batch_scaling(report: Mapping[str, Any], points: int = 40) -> ChartSpec | No
         {"label": "measured peak", "data": [{"x": b, "y": y} for b, y in zip(sizes, peaks, strict=False)],
          "backgroundColor": RED, "pointRadius": 6},
         {"label": "measured activations",
-         "data": [{"x": b, "y": y} for b, y in zip(sizes, scaling.get("activation_bytes") or [], strict=False)],
+         "data": [{"x": b, "y": y} for b, y in zip(sizes, scaling.activation_bytes, strict=False)],
          "backgroundColor": ORANGE, "pointRadius": 5, "pointStyle": "rect"},
         fitted("fitted peak", 0.0, RED),
         fitted("fitted peak + Adam state", adam, PURPLE),
@@ -250,7 +254,7 @@ def compare_flow(comparison: Mapping[str, Any]) -> ChartSpec | None:
     layers = (comparison.get("gradient_norms") or {}).get("layers") or []
     if not layers:
         return None
-    labels = [layer_label(layer) for layer in layers]
+    labels = [layer_label(layer.get("name"), layer.get("call")) for layer in layers]
     datasets = [
         {"label": f"run A ({comparison['a']['id'][:8]})", "data": [_positive(layer.get("a")) for layer in layers],
          "borderColor": GREY, "borderDash": [5, 3], "spanGaps": True},

@@ -89,9 +89,9 @@ def live_status() -> ResponseReturnValue:
 @bp.get("/runs/<run_id>")
 def run_detail(run_id: str) -> ResponseReturnValue:
     run = _scoped(run_id, with_report=True)
-    report = readable_report(run.report.report) if run.report is not None else {}
+    report = readable_report(run.report.report) if run.report is not None else None
     session = store.session()
-    figures = {
+    figures = {} if report is None else {
         "flow": charts.gradient_flow(report),
         "param_norms": charts.parameter_norms(report),
         "memory": charts.memory_breakdown(report),
@@ -99,8 +99,9 @@ def run_detail(run_id: str) -> ResponseReturnValue:
         "scaling": charts.batch_scaling(report),
     }
     return render_template(
-        "dashboard/run.html", run=run, report=report, charts={k: v for k, v in figures.items() if v},
-        checks=check_rows(report), findings=findings(report), definition=definition_text(run),
+        "dashboard/run.html", run=run, report=report, unreadable=run.report is not None and report is None,
+        charts={k: v for k, v in figures.items() if v}, checks=check_rows(report) if report else [],
+        findings=findings(report) if report else [], definition=definition_text(run),
         definition_files=definition_files(run),
         previous=dash_queries.previous_run(session, run), active=ACTIVE,
     )

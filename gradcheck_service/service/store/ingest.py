@@ -3,83 +3,72 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from ...report import Report
+from ...strict_json import encode_non_finite
 from .models import Base, GradientStat, RunReport, TensorResult
 
-# Memory figures copied into columns: column -> path inside the report's ``memory`` section (bytes).
-_MEMORY_FIELDS: dict[str, tuple[str, ...]] = {
-    "parameter_bytes": ("parameter_bytes",),
-    "gradient_bytes": ("gradient_bytes",),
-    "optimizer_bytes": ("optimizer_state", "adam_bytes"),  # Adam's state, the usual worst case
-    "activation_bytes": ("activation_bytes",),
-    "peak_bytes": ("peak_bytes",),
-}
 
-
-def _finite(value: Any) -> float | None:
+def _finite(value: float | None) -> float | None:
     """A float for the database; NaN/Inf become None (they are kept in the JSON report)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
+    return value if value is not None and math.isfinite(value) else None
 
 
-def _at(section: Any, path: Iterable[str]) -> int | None:
-    for key in path:
-        if not isinstance(section, Mapping):
-            return None
-        section = section.get(key)
-    value = _finite(section)
-    return int(value) if value is not None else None
+def memory_figures(report: Report) -> dict[str, int | None]:
+    """The memory figures copied into columns (bytes); Adam's state stands for the optimizer, the usual worst case."""
+    memory = report.memory
+    if memory is None:
+        return dict.fromkeys(("parameter_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes",
+                              "peak_bytes"))
+    return {"parameter_bytes": memory.parameter_bytes, "gradient_bytes": memory.gradient_bytes,
+            "optimizer_bytes": memory.optimizer_state.adam_bytes, "activation_bytes": memory.activation_bytes,
+            "peak_bytes": memory.peak_bytes}
 
 
-def memory_figures(report: Mapping[str, Any]) -> dict[str, int | None]:
-    memory = report.get("memory") or {}
-    return {column: _at(memory, path) for column, path in _MEMORY_FIELDS.items()}
+def report_rows(run_id: str, data: Mapping[str, Any]) -> list[Base]:
+    """The RunReport row and its child rows for a finished run's report (its JSON form, stored as it is).
 
-
-def report_rows(run_id: str, report: Mapping[str, Any]) -> list[Base]:
-    """The RunReport row and its child rows for a finished run's report."""
-    check = report.get("gradient_check") or {}
-    localization = report.get("localization") or {}
-    norms = report.get("gradient_norms") or {}
-    diagnosis = report.get("diagnosis") or {}
+    The report is read as a :class:`Report`: one that does not match it raises ``ValidationError`` (a
+    ``ValueError``), which ``finish_run`` records as a report that could not be stored."""
+    report = Report.model_validate(data)
+    check, norms = report.gradient_check, report.gradient_norms
     rows: list[Base] = [
         RunReport(
             run_id=run_id,
-            schema_version=str(report.get("schema_version", "")),
-            passed=bool(report.get("passed")),
-            gradient_check_passed=check.get("passed"),
-            faulty_modules=list(localization.get("faulty_modules") or []),
-            failed_because=list(report.get("failed_because") or []),
-            inconclusive_because=list(report.get("inconclusive_because") or []),
-            total_gradient_norm=_finite(norms.get("total_norm")),
-            diagnosis=sorted({f.get("kind", "") for f in diagnosis.get("findings") or [] if isinstance(f, dict)}),
-            report=dict(report),
+            schema_version=report.schema_version,
+            passed=report.passed,
+            gradient_check_passed=check.passed,
+            faulty_modules=list(report.localization.faulty_modules),
+            failed_because=list(report.failed_because),
+            inconclusive_because=list(report.inconclusive_because),
+            total_gradient_norm=_finite(norms.total_norm) if norms is not None else None,
+            diagnosis=sorted({f.kind for f in report.diagnosis.findings}) if report.diagnosis is not None else [],
+            report=dict(data),
             **memory_figures(report),
         )
     ]
-    for kind, key in (("parameter", "parameters"), ("input", "inputs"), ("second_order", "second_order")):
-        for item in check.get(key) or []:
+    tensors = [("parameter", check.parameters), ("input", check.inputs), ("second_order", check.second_order)]
+    for kind, items in tensors:
+        for item in items:
             rows.append(TensorResult(
-                run_id=run_id, kind=kind, name=str(item.get("name", ""))[:500], passed=bool(item.get("passed")),
-                max_abs_error=_finite(item.get("max_abs_error")), max_rel_error=_finite(item.get("max_rel_error")),
-                max_error_ratio=_finite(item.get("max_error_ratio")),
-                coordinates_checked=int(item.get("coordinates_checked") or 0), numel=int(item.get("numel") or 0),
-                coverage=item.get("coverage"), unused=bool(item.get("unused")),
+                run_id=run_id, kind=kind, name=item.name[:500], passed=item.passed,
+                max_abs_error=_finite(item.max_abs_error), max_rel_error=_finite(item.max_rel_error),
+                max_error_ratio=_finite(item.max_error_ratio), coordinates_checked=item.coordinates_checked,
+                numel=item.numel, coverage=item.coverage, unused=item.unused,
             ))
-    for item in norms.get("parameters") or []:
+    if norms is None:
+        return rows
+    for parameter in norms.parameters:
         rows.append(GradientStat(
-            run_id=run_id, scope="parameter", name=str(item.get("name", ""))[:500], depth=None,
-            norm=_finite(item.get("l2_norm")),
-            extra={k: item.get(k) for k in ("max_abs", "mean_abs", "nan_count", "inf_count", "grad_to_weight")
-                   if k in item},
+            run_id=run_id, scope="parameter", name=parameter.name[:500], depth=None, norm=_finite(parameter.l2_norm),
+            extra=encode_non_finite(parameter.model_dump(include={"max_abs", "mean_abs", "nan_count", "inf_count",
+                                                                  "grad_to_weight"})),
         ))
-    for depth, item in enumerate(norms.get("layers") or []):
+    for depth, layer in enumerate(norms.layers):
         rows.append(GradientStat(
-            run_id=run_id, scope="layer", name=str(item.get("name", ""))[:500], depth=depth,
-            norm=_finite(item.get("grad_norm")),
-            extra={k: item.get(k) for k in ("type", "call", "output_numel", "nonfinite_grad") if k in item},
+            run_id=run_id, scope="layer", name=layer.name[:500], depth=depth, norm=_finite(layer.grad_norm),
+            extra=layer.model_dump(include={"type", "call", "output_numel", "nonfinite_grad"}),
         ))
     return rows

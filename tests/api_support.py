@@ -6,6 +6,7 @@ test process and stored through the same code path a worker uses (claim, then fi
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,12 @@ def project(api_app: Flask) -> Project:
 @pytest.fixture
 def other_project(api_app: Flask) -> Project:
     return _project(api_app, "beta")
+
+
+def post_archive(client: FlaskClient, project: Project, archive: bytes, **fields: Any) -> Any:
+    """``POST /api/v1/runs`` with a repository archive (``archive``'s bytes as ``repository.zip``) and form fields."""
+    data: dict[str, Any] = {"archive": (io.BytesIO(archive), "repository.zip"), **fields}
+    return client.post("/api/v1/runs", headers=project.headers, content_type="multipart/form-data", data=data)
 
 
 def finish_with_report(app: Flask, run_id: str, report: dict[str, Any]) -> None:
