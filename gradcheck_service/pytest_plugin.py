@@ -5,8 +5,10 @@
 
 ``pytest --gradcheck-mode full`` checks every coordinate (slower, e.g. nightly); ``fast`` probes only. Without the
 option the engine's ``default`` mode is used, or the ``gradcheck_mode`` ini setting. In a repository with a
-gradcheck configuration its root and ``pythonpath`` folders are importable, as in ``gradcheck-service ci``. Loading the plugin imports
-nothing heavy: torch and the engine are imported on the fixture's first use.
+gradcheck configuration its root and ``pythonpath`` folders are importable, as in ``gradcheck-service ci``. Triton
+kernels run in Triton's interpreter on CPU when CUDA is absent (``--gradcheck-triton-interpreter on|off`` or the
+``gradcheck_triton_interpreter`` ini setting to choose), decided before the tests import Triton. Loading the plugin
+imports nothing heavy: torch and the engine are imported on the fixture's first use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 MODES = ("full", "default", "fast")
+TRITON_SETTINGS = ("auto", "on", "off")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,16 +28,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="Coverage of the gradcheck fixture: full, default or fast.")
     parser.addini("gradcheck_mode", "Default coverage of the gradcheck fixture (full, default, fast).",
                   default="default")
+    group.addoption("--gradcheck-triton-interpreter", choices=TRITON_SETTINGS, default=None,
+                    help="Run Triton kernels in Triton's interpreter on CPU: auto (when CUDA is absent), on, off.")
+    parser.addini("gradcheck_triton_interpreter", "Triton kernels in Triton's interpreter on CPU (auto, on, off).",
+                  default="auto")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """In a repository configured for gradcheck (``[tool.gradcheck]`` or ``gradcheck.toml`` at pytest's rootdir),
+    """Decide between Triton's interpreter and compiled kernels before any test module imports Triton (see
+    ``gradcheck_service.triton_interpreter``; nothing is imported unless Triton is).
+
+    In a repository configured for gradcheck (``[tool.gradcheck]`` or ``gradcheck.toml`` at pytest's rootdir),
     make its root and its ``pythonpath`` folders importable, as ``gradcheck-service ci`` does, so a test can
     ``from model import GPT`` wherever the test file lives. Other repositories are left alone."""
     import sys
 
     from .ci.config import ConfigError, find_config
+    from .triton_interpreter import use_interpreter
 
+    use_interpreter(_triton_setting(config))
     try:
         found = find_config(config.rootpath)
     except ConfigError:
@@ -55,6 +67,13 @@ def _mode(config: pytest.Config) -> str:
     return str(mode)
 
 
+def _triton_setting(config: pytest.Config) -> Any:
+    setting = config.getoption("--gradcheck-triton-interpreter") or config.getini("gradcheck_triton_interpreter")
+    if setting not in TRITON_SETTINGS:
+        raise pytest.UsageError(f"gradcheck_triton_interpreter = {setting!r}: use one of {', '.join(TRITON_SETTINGS)}")
+    return setting
+
+
 @pytest.fixture
 def gradcheck(request: pytest.FixtureRequest) -> Callable[..., Any]:
     """``gradcheck(model, inputs, loss_fn=None, **options)``: assert the model's gradients are right.
@@ -62,12 +81,14 @@ def gradcheck(request: pytest.FixtureRequest) -> Callable[..., Any]:
     Options default to the session's ``--gradcheck-mode``; an explicit ``mode=`` wins. Returns the report.
     """
     mode = _mode(request.config)
+    triton_interpreter = _triton_setting(request.config)
 
     def run(model: Any, inputs: Any, loss_fn: Any = None, **options: Any) -> Any:
         from .testing import assert_gradients_ok
 
         __tracebackhide__ = True  # the failure points at the test's call, not inside this helper
         options.setdefault("mode", mode)
+        options.setdefault("triton_interpreter", triton_interpreter)
         return assert_gradients_ok(model, inputs, loss_fn, **options)
 
     return run
