@@ -47,6 +47,7 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
     from ..definitions import DefinitionError, load_definition
     from ..definitions.output_capture import CapturedOutput, output_or_none
     from ..definitions.pyfile import MissingModuleError
+    from ..triton_interpreter import use_interpreter
 
     root = config.source.parent
     results = []
@@ -59,6 +60,7 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
         captured = CapturedOutput()
         try:
             with captured:
+                use_interpreter(entry.options.triton_interpreter)  # before the repository's code imports Triton
                 definition = load_definition(str(entry.path), import_roots(config))
                 from ..checks.engine import check
 

@@ -27,11 +27,12 @@ def parse_bytes(text: str) -> int:
 def check_options(
     mode: str, order: int, device: str, seed: int, fail_on: str | None, memory_budget: str | None,
     precision: str | None, checkpoint: tuple[str, ...], batch_scaling: bool, health: bool, memory: bool,
-    recheck: bool = False,
+    recheck: bool = False, triton_interpreter: str = "auto",
 ) -> dict[str, Any]:
     """CLI flags -> CheckOptions fields (shared by `check` and `ci`)."""
     options: dict[str, Any] = {"mode": mode, "order": order, "device": device, "seed": seed,
-                               "health": health, "memory": memory, "batch_scaling": batch_scaling}
+                               "health": health, "memory": memory, "batch_scaling": batch_scaling,
+                               "triton_interpreter": triton_interpreter}
     if recheck:
         options["recheck"] = True
     if fail_on:
@@ -65,6 +66,8 @@ def check_options(
               "checks and localization).")
 @click.option("--no-health", is_flag=True, help="Skip gradient norms and the diagnosis.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory profile.")
+@click.option("--triton-interpreter", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Run Triton kernels in Triton's interpreter on CPU: auto when CUDA is absent.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @click.option("--allow-inconclusive", is_flag=True, help="Exit 0 when the verdict is inconclusive (nothing wrong "
               "found, but too little compared to call it passed); by default inconclusive exits 1.")
@@ -72,7 +75,7 @@ def check_options(
 def check_command(
     path: str, mode: str, order: str, device: str, seed: int, fail_on: str | None, memory_budget: str | None,
     precision: str | None, checkpoint: tuple[str, ...], batch_scaling: bool, recheck: bool, no_health: bool,
-    no_memory: bool, as_json: bool, allow_inconclusive: bool, debug: bool,
+    no_memory: bool, triton_interpreter: str, as_json: bool, allow_inconclusive: bool, debug: bool,
 ) -> None:
     """Check the model in PATH (a .py model file or a .json spec) against finite differences."""
     from ..checks.working_copy import CheckError
@@ -85,10 +88,12 @@ def check_command(
     captured = CapturedOutput()
     try:
         options = check_options(mode, int(order), device, seed, fail_on, memory_budget, precision, checkpoint,
-                                batch_scaling, not no_health, not no_memory, recheck)
+                                batch_scaling, not no_health, not no_memory, recheck, triton_interpreter)
         from ..options import CheckOptions
+        from ..triton_interpreter import use_interpreter
 
         opts = CheckOptions(**options)
+        use_interpreter(opts.triton_interpreter)  # before the model's code imports Triton
         show_progress = not as_json and sys.stderr.isatty()
         with captured:
             definition = load_definition(path, import_roots())

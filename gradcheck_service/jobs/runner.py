@@ -142,6 +142,9 @@ def execute(job_dir: Path) -> dict[str, Any]:
         options = CheckOptions.model_validate(job.get("options") or {})
     except ValidationError as exc:
         return _error("invalid_options", str(exc))
+    from ..triton_interpreter import use_interpreter
+
+    use_interpreter(options.triton_interpreter)  # in this sandboxed child, before the model's code imports Triton
     import_paths = [job_dir / p for p in job.get("pythonpath") or []]
     # What the model's code prints lands in the report (capped). It is written to OUTPUT in the job directory
     # while it runs, so that the launcher still finds it (e.g. an allocator's last words) if the child dies.
