@@ -47,8 +47,8 @@ def _reports() -> list[tuple[str, dict[str, Any]]]:
 
 def seed_runs(session: Any, project_id: int, count: int, rng: random.Random) -> list[tuple[str, bool]]:
     """``count`` runs with their report rows, committed in batches; returns (run id, has a report) pairs."""
-    from gradcheck_service.store.ingest import report_rows
-    from gradcheck_service.store.models import Run, RunLabel, new_run_id
+    from gradcheck_service.service.store.ingest import report_rows
+    from gradcheck_service.service.store.models import Run, RunLabel, new_run_id
 
     reports = _reports()
     now = dt.datetime.now(dt.UTC)
@@ -116,10 +116,10 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(0)
 
-    from gradcheck_service.app import create_app
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.migrate import upgrade
-    from gradcheck_service.store.tokens import create_token
+    from gradcheck_service.service.app import create_app
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.migrate import upgrade
+    from gradcheck_service.service.store.tokens import create_token
 
     with database(args.postgres) as url, tempfile.TemporaryDirectory() as data_dir:
         upgrade(url)

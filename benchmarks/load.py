@@ -115,7 +115,7 @@ def ledger_check(database_url: str, ledger: list[str]) -> dict[str, Any]:
     """Statuses and report counts of the accepted runs, read straight from the database."""
     from sqlalchemy import create_engine, func, select
 
-    from gradcheck_service.store.models import Run, RunReport
+    from gradcheck_service.service.store.models import Run, RunReport
 
     engine = create_engine(database_url)
     with engine.connect() as connection:
@@ -165,7 +165,7 @@ def _delete_keys(prefix: str) -> None:
 
 def run_load(args: argparse.Namespace, tmp: Path, prefix: str) -> int:
     with fresh_pg_database() as database_url:
-        from gradcheck_service.store.migrate import upgrade
+        from gradcheck_service.service.store.migrate import upgrade
 
         upgrade(database_url)
         env = service_env(DATABASE_URL=database_url, BROKER_URL=REDIS_URL, DATA_DIR=str(tmp),

@@ -39,9 +39,9 @@ def percentile(values: list[float], q: float) -> float:
 
 class Bench:
     def __init__(self, settings: dict[str, Any], tmp: Path) -> None:
-        from gradcheck_service.app import create_app
-        from gradcheck_service.extensions import store
-        from gradcheck_service.store.tokens import create_token
+        from gradcheck_service.service.app import create_app
+        from gradcheck_service.service.extensions import store
+        from gradcheck_service.service.store.tokens import create_token
 
         self.settings, self.tmp = settings, tmp
         self.app = create_app(settings)
@@ -70,8 +70,8 @@ class Bench:
 def overhead(bench: Bench, runs: int, warmup: int = 3) -> dict[str, float]:
     from sqlalchemy import select
 
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.models import Run
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import Run
 
     worker = bench.worker("overhead")
     samples, queued, check = [], [], []
@@ -131,8 +131,8 @@ def store_runs(bench: Bench, count: int) -> None:
     """Insert ``count`` finished runs with labels and report rows (bulk, like months of CI history)."""
     from sqlalchemy import insert, select
 
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.models import Project, Run, RunLabel, RunReport
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import Project, Run, RunLabel, RunReport
 
     with bench.app.app_context():
         session = store.session()
@@ -200,7 +200,7 @@ def main() -> None:
 
     database = nullcontext(f"sqlite:///{tmp / 'db.sqlite3'}") if args.embedded else fresh_pg_database()
     with database as url:
-        from gradcheck_service.store.migrate import upgrade
+        from gradcheck_service.service.store.migrate import upgrade
 
         upgrade(url)
         settings = {"DATABASE_URL": url, "DATA_DIR": str(tmp),

@@ -31,7 +31,7 @@ cgroups_writable() {
 case "${1:-api}" in
     api)
         migrate
-        exec gunicorn -c /app/deploy/gunicorn.conf.py "gradcheck_service.app:create_app()"
+        exec gunicorn -c /app/deploy/gunicorn.conf.py "gradcheck_service.service.app:create_app()"
         ;;
     worker-cpu)
         cgroups_writable

@@ -1,4 +1,4 @@
-"""gunicorn settings for the API container (`gunicorn -c deploy/gunicorn.conf.py 'gradcheck_service.app:create_app()'`).
+"""gunicorn settings for the API container (`gunicorn -c deploy/gunicorn.conf.py 'gradcheck_service.service.app:create_app()'`).
 
 Threads serve slow clients (uploads, polling) without a process each; each process opens its own database pool
 after the fork (the app is not preloaded).
@@ -7,7 +7,7 @@ after the fork (the app is not preloaded).
 import multiprocessing
 import os
 
-from gradcheck_service.gunicorn_app import install_json_errors
+from gradcheck_service.service.gunicorn_app import install_json_errors
 
 bind = os.environ.get("GRADCHECK_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GRADCHECK_HTTP_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 9)))

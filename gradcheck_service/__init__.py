@@ -9,9 +9,11 @@ Library entry point::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+PACKAGE_DIR = Path(__file__).resolve().parent  # the installed package (what the sandbox mounts for its child)
 __all__ = ["check", "CheckOptions", "Report", "create_app", "__version__"]
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ def __getattr__(name: str) -> Any:
 
         return Report
     if name == "create_app":
-        from .app import create_app
+        from .service.app import create_app
 
         return create_app
     raise AttributeError(name)

@@ -6,20 +6,22 @@ request options and the CI configuration, so the same names and limits hold ever
 
 from __future__ import annotations
 
-from typing import Literal
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
+import click
 from pydantic import BaseModel, Field
 
-from .strict_json import OPTIONS_MODEL_CONFIG
+from .strict_json import StrictModel
+from .types import Device, FailOn, Mode, Precision
 
-Mode = Literal["full", "default", "fast"]
-FailOn = Literal["vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint_mismatch", "precision", "underflow"]
+__all__ = ["CheckOptions", "FailOn", "HealthThresholds", "Mode", "choices", "click_option", "help_text"]
 
 
-class HealthThresholds(BaseModel):
+class HealthThresholds(StrictModel):
     """Thresholds of the gradient-flow diagnosis; the rationale of each is in the README."""
-
-    model_config = OPTIONS_MODEL_CONFIG
 
     vanishing_ratio: float = Field(
         1e-3,
@@ -54,16 +56,14 @@ class HealthThresholds(BaseModel):
     )
 
 
-class CheckOptions(BaseModel):
+class CheckOptions(StrictModel):
     """Everything that controls one check. Unknown names are an error, so a typo never silently does nothing."""
-
-    model_config = OPTIONS_MODEL_CONFIG
 
     mode: Mode = Field("default", description="full: every coordinate, through the whole model; default: each "
                        "parameter through its own module's call (tensors of up to 16 elements fully, larger ones by "
                        "dense probes) plus joint probes through the whole model; fast: probes only.")
     order: Literal[1, 2] = Field(1, description="2 also checks the gradient of the gradient.")
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Device = "cpu"
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the random projection, probes and dropout.")
     max_coordinates: int = Field(
         4096, ge=1, le=10_000_000, description="default mode: tensors up to this many elements are checked fully; "
@@ -95,7 +95,7 @@ class CheckOptions(BaseModel):
     )
     batch_scaling: bool = Field(False, description="Fit activation memory against batch size.")
     memory_budget_bytes: int | None = Field(None, gt=0, description="Answer the largest batch that fits in it.")
-    precision: Literal["bf16", "fp16"] | None = Field(None, description="Compare autocast gradients with float64.")
+    precision: Precision | None = Field(None, description="Compare autocast gradients with float64.")
     fail_on: list[FailOn] = Field(
         default_factory=list, description="Diagnosis findings that make the overall verdict fail."
     )
@@ -107,3 +107,37 @@ class CheckOptions(BaseModel):
         "TRITON_INTERPRET says when it is set). Whatever the setting, a check sends a kernel launched on CPU tensors "
         "to the interpreter unless it is off. Decided when Triton is imported: set it before the model's code "
         "imports Triton (the CLI, CI, the service and the pytest plugin do).")
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...]:
+    """The values of a Literal inside an annotation such as ``Literal[...]``, ``Literal[...] | None`` or
+    ``list[Literal[...]]``; empty when there is none."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+        return tuple(value for arg in typing.get_args(annotation) for value in _literal_values(arg))
+    return ()
+
+
+def choices(field: str, model: type[BaseModel] = CheckOptions) -> tuple[str, ...]:
+    """The values an option accepts, as they are typed on a command line: ``choices("mode")`` ->
+    ``("full", "default", "fast")``, ``choices("order")`` -> ``("1", "2")``."""
+    return tuple(str(value) for value in _literal_values(model.model_fields[field].annotation))
+
+
+def help_text(field: str, model: type[BaseModel] = CheckOptions) -> str:
+    """The option's description, the one written on its field."""
+    return model.model_fields[field].description or ""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def click_option(field: str, *param_decls: str, **attrs: Any) -> Callable[[F], F]:
+    """A click option for a ``CheckOptions`` field: its choices and its help taken from the field, so every
+    command offers the same values with the same words (``attrs`` may add a default or extend the help)."""
+    values = choices(field)
+    if values and "type" not in attrs:
+        attrs["type"] = click.Choice(values)
+    attrs.setdefault("help", help_text(field))
+    return click.option(*(param_decls or (f"--{field.replace('_', '-')}",)), **attrs)

@@ -18,20 +18,19 @@ from typing import Any
 
 import pytest
 
-MODES = ("full", "default", "fast")
-TRITON_SETTINGS = ("auto", "on", "off")
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradcheck", "gradient checks (gradcheck-service)")
-    group.addoption("--gradcheck-mode", choices=MODES, default=None,
-                    help="Coverage of the gradcheck fixture: full, default or fast.")
-    parser.addini("gradcheck_mode", "Default coverage of the gradcheck fixture (full, default, fast).",
+    from .options import choices, help_text
+
+    group.addoption("--gradcheck-mode", choices=choices("mode"), default=None,
+                    help=f"Coverage of the gradcheck fixture. {help_text('mode')}")
+    parser.addini("gradcheck_mode", f"Default coverage of the gradcheck fixture ({', '.join(choices('mode'))}).",
                   default="default")
-    group.addoption("--gradcheck-triton-interpreter", choices=TRITON_SETTINGS, default=None,
-                    help="Run Triton kernels in Triton's interpreter on CPU: auto (when CUDA is absent), on, off.")
-    parser.addini("gradcheck_triton_interpreter", "Triton kernels in Triton's interpreter on CPU (auto, on, off).",
-                  default="auto")
+    group.addoption("--gradcheck-triton-interpreter", choices=choices("triton_interpreter"), default=None,
+                    help=f"Triton kernels of the session. {help_text('triton_interpreter')}")
+    parser.addini("gradcheck_triton_interpreter", "Triton kernels in Triton's interpreter on CPU "
+                  f"({', '.join(choices('triton_interpreter'))}).", default="auto")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,35 +42,38 @@ def pytest_configure(config: pytest.Config) -> None:
     ``from model import GPT`` wherever the test file lives. Other repositories are left alone."""
     import sys
 
-    from .ci.config import ConfigError, find_config
+    from .ci.config import ConfigError, find_config, import_roots
     from .triton_interpreter import use_interpreter
 
     use_interpreter(_triton_setting(config))
     try:
-        found = find_config(config.rootpath)
+        if find_config(config.rootpath) is None:
+            return
+        roots = import_roots(config.rootpath)
     except ConfigError:
         return  # an unreadable configuration is reported by `ci`, not by every test session
-    if found is None:
-        return
-    extra = found[1].get("pythonpath", [])
-    folders = [config.rootpath / p for p in extra if isinstance(p, str)] if isinstance(extra, list) else []
-    for folder in reversed([*folders, config.rootpath]):
-        if folder.is_dir() and str(folder) not in sys.path:
+    for folder in reversed(roots):
+        if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
 
 
+def _setting(config: pytest.Config, field: str, default: str) -> str:
+    """The session's value of a ``CheckOptions`` field: ``--gradcheck-<field>``, else the ``gradcheck_<field>`` ini
+    setting, else ``default``."""
+    from .options import choices
+
+    value = config.getoption(f"--gradcheck-{field.replace('_', '-')}") or config.getini(f"gradcheck_{field}") or default
+    if value not in choices(field):
+        raise pytest.UsageError(f"gradcheck_{field} = {value!r}: use one of {', '.join(choices(field))}")
+    return str(value)
+
+
 def _mode(config: pytest.Config) -> str:
-    mode = config.getoption("--gradcheck-mode") or config.getini("gradcheck_mode") or "default"
-    if mode not in MODES:
-        raise pytest.UsageError(f"gradcheck_mode = {mode!r}: use one of {', '.join(MODES)}")
-    return str(mode)
+    return _setting(config, "mode", "default")
 
 
 def _triton_setting(config: pytest.Config) -> Any:
-    setting = config.getoption("--gradcheck-triton-interpreter") or config.getini("gradcheck_triton_interpreter")
-    if setting not in TRITON_SETTINGS:
-        raise pytest.UsageError(f"gradcheck_triton_interpreter = {setting!r}: use one of {', '.join(TRITON_SETTINGS)}")
-    return setting
+    return _setting(config, "triton_interpreter", "auto")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 # The config of every pydantic model that ends up in a report: unknown fields refused, non-finite floats written as
 # the strings "NaN", "Infinity" and "-Infinity" (and read back from them).
@@ -21,6 +21,20 @@ REPORT_MODEL_CONFIG = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 # Options are given by people: a non-finite threshold or factor is refused (written the same way where stored).
 OPTIONS_MODEL_CONFIG = ConfigDict(extra="forbid", ser_json_inf_nan="strings", allow_inf_nan=False)
 NON_FINITE_STRINGS = ("NaN", "Infinity", "-Infinity")
+
+
+class ReportModel(BaseModel):
+    """The base of every model written into a report: unknown fields refused, non-finite floats as strings."""
+
+    model_config = REPORT_MODEL_CONFIG
+
+
+class StrictModel(BaseModel):
+    """The base of every model read from people or other programs (options, API bodies, CI configuration,
+    job files): unknown fields refused, so a typo is an error rather than a setting silently ignored, and
+    non-finite numbers refused."""
+
+    model_config = OPTIONS_MODEL_CONFIG
 
 
 def encode_non_finite(value: Any) -> Any:

@@ -7,9 +7,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from gradcheck_service import config as service_config
-from gradcheck_service.store.db import make_engine
-from gradcheck_service.store.models import Base
+from gradcheck_service.service import config as service_config
+from gradcheck_service.service.store.db import make_engine
+from gradcheck_service.service.store.models import Base
 
 config = context.config
 if config.config_file_name is not None:

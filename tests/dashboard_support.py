@@ -111,8 +111,8 @@ def _finish(app: Flask, run_id: str, report: dict[str, Any]) -> None:
 
 
 def _fail(app: Flask, run_id: str, code: str, message: str) -> None:
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.lifecycle import claim_run, fail_run
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.lifecycle import claim_run, fail_run
 
     with app.app_context():
         session = store.session()
@@ -124,8 +124,8 @@ def _backdate(app: Flask, run_id: str, age: dt.timedelta, took_s: float) -> None
     """Move a run's timestamps ``age`` into the past (submission, start, finish keep their spacing)."""
     from sqlalchemy import update
 
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.models import Run
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import Run
 
     created = dt.datetime.now(dt.UTC) - age
     with app.app_context():
@@ -142,8 +142,8 @@ def _backdate(app: Flask, run_id: str, age: dt.timedelta, took_s: float) -> None
 
 
 def make_tokens(app: Flask) -> tuple[str, str]:
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.tokens import create_token
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.tokens import create_token
 
     with app.app_context():
         session = store.session()
@@ -196,8 +196,8 @@ def seed(app: Flask, *, queued: bool = True) -> Seeded:
 
 def make_app(tmp: Path) -> Flask:
     """The real app on a fresh, migrated SQLite database and embedded queue under ``tmp`` (no worker runs)."""
-    from gradcheck_service.app import create_app
-    from gradcheck_service.store.migrate import upgrade
+    from gradcheck_service.service.app import create_app
+    from gradcheck_service.service.store.migrate import upgrade
 
     url = f"sqlite:///{tmp / 'dashboard.sqlite3'}"
     upgrade(url)

@@ -5,18 +5,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import gzip
+import http.cookiejar
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,13 +192,67 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def service_ready(url: str) -> bool:
-    """Whether the service at ``url`` answers ``/readyz`` with status ready."""
+def service_ready(where: int | str) -> bool:
+    """True once the service at ``where`` (a port on 127.0.0.1, or a base URL) answers ``/readyz`` as ready."""
+    url = f"http://127.0.0.1:{where}" if isinstance(where, int) else where
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
             return bool(json.loads(response.read())["status"] == "ready")
     except OSError:
         return False
+
+
+def wait_until_ready(where: int | str, timeout: float, what: str = "the service to be ready") -> None:
+    """Wait (up to ``timeout`` seconds) until the service at ``where`` is ready: its database and queue answer."""
+    wait_until(lambda: service_ready(where), timeout, what)
+
+
+CORRECT_MODEL = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double(), torch.randn(4, 3, dtype=torch.float64)
+'''
+
+
+def require_bubblewrap() -> None:
+    if shutil.which("bwrap") is None:
+        message = "bubblewrap (bwrap) is not installed: the sandbox cannot be tested"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: apt-get install bubblewrap)")
+        pytest.skip(message)
+
+
+def processes_left_behind(run_id: str) -> list[str]:
+    """Processes whose command line names the run's job directory (``/tmp/gradcheck-<id[:12]>-...``): bwrap, the
+    runner, and anything they forked (a fork inherits its parent's command line)."""
+    marker = f"gradcheck-{run_id[:12]}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline:
+                shown = cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]
+                found.append(f"{entry.name}: {shown}")
+    return found
+
+
+def signed_in_opener(url: str, token: str) -> urllib.request.OpenerDirector:
+    """A browser-like opener holding a dashboard session (the login form with its CSRF token)."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    with opener.open(f"{url}/login", timeout=10) as response:
+        page = response.read().decode()
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert match, page[:2000]
+    form = urllib.parse.urlencode({"csrf_token": match.group(1), "token": token}).encode()
+    with opener.open(f"{url}/login", data=form, timeout=10) as response:
+        assert response.status == 200
+    return opener
 
 
 def api_get(url: str, token: str) -> Any:

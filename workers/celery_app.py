@@ -20,12 +20,12 @@ from celery.signals import (
     worker_ready,
 )
 
-from gradcheck_service.app import create_app
-from gradcheck_service.extensions import REAP_TASK, RUN_TASK, store
-from gradcheck_service.jobs import scratch
-from gradcheck_service.jobs.execute import close_launcher
-from gradcheck_service.store import retry
-from gradcheck_service.store.lifecycle import mark_received, record_worker_environment
+from gradcheck_service.service.app import create_app
+from gradcheck_service.service.extensions import REAP_TASK, RUN_TASK, store
+from gradcheck_service.service.jobs import scratch
+from gradcheck_service.service.jobs.execute import close_launcher
+from gradcheck_service.service.store import retry
+from gradcheck_service.service.store.lifecycle import mark_received, record_worker_environment
 
 from . import tasks  # noqa: F401  (registers the tasks)
 

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers taking ids, the work is in ``gradcheck_service.jobs``."""
+"""Celery tasks: thin wrappers taking ids, the work is in ``gradcheck_service.service.jobs``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from celery import shared_task
 from celery.signals import worker_init
 from flask import current_app
 
-from gradcheck_service import config as service_config
-from gradcheck_service.extensions import REAP_TASK, RUN_TASK
-from gradcheck_service.jobs.execute import execute_run, log_sandbox_self_test, requeue_stale_runs
+from gradcheck_service.service import config as service_config
+from gradcheck_service.service.extensions import REAP_TASK, RUN_TASK
+from gradcheck_service.service.jobs.execute import execute_run, log_sandbox_self_test, requeue_stale_runs
 
 
 @worker_init.connect

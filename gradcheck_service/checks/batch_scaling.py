@@ -10,33 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
-from ..strict_json import REPORT_MODEL_CONFIG
+from ..report.memory import BatchScaling as BatchScaling
 from .allocations import StepMeasurement, measure_step
 from .model_state import clear_grads, seeded
 
 LossFn = Callable[..., torch.Tensor]
-
-
-class BatchScaling(BaseModel):
-    model_config = REPORT_MODEL_CONFIG
-
-    possible: bool
-    reason: str | None = Field(None, description="Why batch scaling could not be measured.")
-    batch_sizes: list[int] = Field(default_factory=list)
-    activation_bytes: list[int] = Field(default_factory=list, description="Measured at each batch size.")
-    peak_bytes: list[int] = Field(default_factory=list, description="Measured at each batch size.")
-    activation_fixed_bytes: float | None = None
-    activation_per_sample_bytes: float | None = None
-    peak_fixed_bytes: float | None = None
-    peak_per_sample_bytes: float | None = None
-    budget_bytes: int | None = None
-    largest_batch: int | None = Field(None, description="Largest batch whose forward+backward peak fits the budget.")
-    largest_batch_with_adam: int | None = Field(
-        None, description="Same with Adam's state (exp_avg, exp_avg_sq, step) resident as well."
-    )
 
 
 def batch_size_of(inputs: tuple[torch.Tensor, ...]) -> tuple[int | None, str | None]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
-from ..strict_json import REPORT_MODEL_CONFIG
+from ..report.memory import CheckpointCandidate as CheckpointCandidate
+from ..report.memory import CheckpointingPlan as CheckpointingPlan
 from .allocations import StepMeasurement, checkpointed_blocks, measure_step, timed_step
 from .findings import Finding
 from .model_state import clear_grads, seeded
@@ -25,39 +25,6 @@ TIMING_REPEATS = 3  # best of 3: the minimum is the least noisy estimate of a st
 MIN_SAVED_FRACTION = 0.05  # a block is recommended only if it saves at least 5 % of the activation bytes ...
 MIN_EFFICIENCY = 1.0  # ... and at least 1 % of activation bytes per 1 % of extra step time
 MISMATCH_EPS_MULTIPLE = 16  # allowed |difference| = 16 eps(dtype) x max|g|: room for non-deterministic reductions
-
-
-class _Model(BaseModel):
-    model_config = REPORT_MODEL_CONFIG
-
-
-class CheckpointCandidate(_Model):
-    """One block run under checkpointing. Bytes are bytes, times seconds, fractions of the baseline."""
-
-    block: str
-    type: str
-    activation_bytes: int
-    activation_saved_bytes: int
-    activation_saved_fraction: float
-    peak_bytes: int
-    peak_saved_bytes: int
-    step_s: float = Field(description="Best-of-3 forward+backward time with this block checkpointed.")
-    extra_time_s: float
-    extra_time_fraction: float
-    gradients_identical: bool = Field(description="Every parameter gradient bit-identical to the baseline.")
-    max_abs_difference: float
-
-
-class CheckpointingPlan(_Model):
-    baseline_activation_bytes: int
-    baseline_peak_bytes: int
-    baseline_step_s: float
-    blocks: list[CheckpointCandidate] = Field(
-        default_factory=list, description="Ranked best first: activation bytes saved per unit of extra time."
-    )
-    recommended: list[str] = Field(default_factory=list)
-    combined: CheckpointCandidate | None = Field(None, description="All recommended blocks checkpointed together.")
-    recommendation: str
 
 
 def select_blocks(model: nn.Module, selection: bool | list[str]) -> dict[str, nn.Module]:

@@ -11,35 +11,12 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, Field
-
 from ..options import HealthThresholds
-from ..strict_json import REPORT_MODEL_CONFIG
+from ..report.health import Diagnosis as Diagnosis
 from .findings import Finding, one_significant_figure
 from .gradient_stats import GradientNorms, LayerSignal
 
 _SATURATING = {"Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Softsign", "LogSigmoid"}
-
-
-class Diagnosis(BaseModel):
-    """The ``diagnosis`` report section: booleans a CI gate can test, and findings a person can act on."""
-
-    model_config = REPORT_MODEL_CONFIG
-
-    vanishing: bool = False
-    exploding: bool = False
-    nonfinite: bool = False
-    dead_relu: bool = False
-    signal_ratio: float | None = Field(
-        None, description="Backward-signal norm at the first layer / at the last layer (forward order); None "
-        "with fewer than two layers reached by a finite gradient."
-    )
-    per_layer_factor: float | None = Field(
-        None, description="signal_ratio ** (1 / (layers - 1)): the average growth (>1) or decay (<1) per layer."
-    )
-    first_layer: str | None = None
-    last_layer: str | None = None
-    findings: list[Finding] = Field(default_factory=list)
 
 
 def _layer_label(layer: LayerSignal) -> str:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .evaluator import LossEvaluator, Target, robust_scale
+from .evaluator import LossEvaluator, Target
 from .finite_difference import REFINE_FACTOR, Differences, base_step, central, combine
+from .in_place import Directions, random_signs, robust_scale, scale_floor
 
 _MULTIPLIERS = torch.tensor([1.0, -1.0, 2.0, -2.0])
 _SCREEN = torch.tensor([1.0, -1.0])
@@ -27,9 +28,13 @@ class Measured:
 
 
 def measure(
-    evaluator: LossEvaluator, target: Target, directions: torch.Tensor, dtype: torch.dtype, step_factor: float = 1.0
+    evaluator: LossEvaluator, target: Target, directions: torch.Tensor | Directions, dtype: torch.dtype,
+    step_factor: float = 1.0,
 ) -> Measured:
-    """Finite-difference derivative of the loss along each row of ``directions`` (shape [m, *target.shape])."""
+    """Finite-difference derivative of the loss along each row of ``directions`` (shape [m, *target.shape]).
+
+    :class:`Directions` (a target perturbed in place, see :mod:`.in_place`) are measured one at a time.
+    """
     dtype = evaluator.arithmetic_dtype(target, dtype)
     step = base_step(dtype) * step_factor
     diffs, suspicious = _measure_at(evaluator, target, directions, step, dtype)
@@ -67,8 +72,10 @@ def _differences(
 
 
 def _measure_at(
-    evaluator: LossEvaluator, target: Target, directions: torch.Tensor, step: float, dtype: torch.dtype
+    evaluator: LossEvaluator, target: Target, directions: torch.Tensor | Directions, step: float, dtype: torch.dtype
 ) -> tuple[Differences, torch.Tensor]:
+    if isinstance(directions, Directions):
+        return _measure_one_at_a_time(evaluator, target, directions, step, dtype)
     m = directions.shape[0]
     stencil = _stencil(evaluator)
     s = stencil.numel()
@@ -83,7 +90,7 @@ def _measure_at(
 
 
 def _measure_one_at_a_time(
-    evaluator: LossEvaluator, target: Target, directions: torch.Tensor, step: float, dtype: torch.dtype
+    evaluator: LossEvaluator, target: Target, directions: torch.Tensor | Directions, step: float, dtype: torch.dtype
 ) -> tuple[Differences, torch.Tensor]:
     """:func:`_measure_at` for a target so large that one delta at a time is what memory allows."""
     stencil = _stencil(evaluator).tolist()
@@ -111,14 +118,6 @@ def probe_directions(base: torch.Tensor, count: int, generator: torch.Generator)
     """
     dirs = random_signs(count * base.numel(), generator).to(base.dtype).reshape(count, base.numel())
     return dirs.mul_(robust_scale(base).to(base.dtype)).reshape((count, *base.shape))
-
-
-def random_signs(n: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` independent +-1 (int8), eight from every random byte: drawing one number per sign costs ~13 ns each,
-    seconds for the joint probes of a 124M-parameter model."""
-    drawn = torch.randint(0, 256, ((n + 7) // 8,), generator=generator, dtype=torch.uint8)
-    bits = drawn.unsqueeze(1).bitwise_right_shift(torch.arange(8, dtype=torch.uint8)).bitwise_and_(1)
-    return bits.reshape(-1)[:n].to(torch.int8).mul_(2).sub_(1)
 
 
 def measure_coordinates(
@@ -150,7 +149,7 @@ def _measure_in_place(
     evaluator: LossEvaluator, target: Target, flat_indices: torch.Tensor, dtype: torch.dtype, step_factor: float,
 ) -> Measured:
     """:func:`measure_coordinates` for a large tensor: each coordinate perturbed in place (no dense deltas)."""
-    scale = robust_scale(target.base)[flat_indices]
+    scale = robust_scale(target.base.reshape(-1)[flat_indices], floor=scale_floor([target.base]))
     dtype = evaluator.arithmetic_dtype(target, dtype)
     step = base_step(dtype) * step_factor
 

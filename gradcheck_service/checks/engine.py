@@ -102,6 +102,9 @@ def _check_model(model: nn.Module, inputs_tuple: tuple[torch.Tensor, ...], loss:
             sections = {}
             work.notes.append(f"gradient health and memory not measured: {exc}")
     timings.total_s = time.perf_counter() - started
+    timings.peak_rss_bytes = process_peak_rss()
+    if opts.device == "cuda" and torch.cuda.is_available():
+        timings.peak_cuda_bytes = int(torch.cuda.max_memory_allocated())
     report = Report(
         passed=False,
         model=model_info(model, name),
@@ -122,6 +125,23 @@ def _check_model(model: nn.Module, inputs_tuple: tuple[torch.Tensor, ...], loss:
     return report
 
 
+def process_peak_rss() -> int | None:
+    """Peak resident memory of this process so far, in bytes (None where the platform does not say)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kilobytes on Linux
+    except (ImportError, OSError):
+        return None
+
+
 def known_to_localization(gc: GradientCheck) -> Known:
     """What the failing check measured that localization can take as measured (see :class:`Known`)."""
     composition = gc.composition
@@ -132,7 +152,8 @@ def known_to_localization(gc: GradientCheck) -> Known:
         bad = next((t for t in gc.inputs if not t.passed and t.scope == "global"), None)
         if bad is not None:
             root_failed = f"gradient w.r.t. {bad.name} through the whole model failed (rel err {bad.max_rel_error:.2e})"
-    return Known(root_failed=root_failed, local={t.name: t for t in gc.parameters if t.scope == "local"})
+    return Known(root_failed=root_failed, local={t.name: t for t in gc.parameters if t.scope == "local"},
+                 starved={t.name for t in gc.parameters if t.unused and not t.passed})
 
 
 def normalize_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -11,6 +11,7 @@ which is slower but exact; the report says which evaluator ran.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .in_place import Direction, Space, robust_scale
 from .loss import LossFn, RandomProjection, float_leaves
 from .rng import RngState
 
@@ -37,15 +39,14 @@ FEW_EVALUATIONS = 8
 _DIFFERENTIATES = ("does not require grad", "does not have a grad_fn")
 # Rounding noise up to this many machine epsilons of a precision (relative to the loss) is that precision's own.
 NOISE_EPS_MARGIN = 64.0
-# Entries of a tensor whose median sets the floor of its step scale (robust_scale).
-MEDIAN_SAMPLE = 65536
 # From this many elements on, single coordinates are perturbed in place, one evaluation at a time, instead of as
 # dense one-hot deltas (a batch of those is a copy of the whole tensor per evaluation).
 IN_PLACE_MIN_NUMEL = 32768
 
 
 def rounding_noise(
-    losses: Callable[[Target, torch.Tensor], torch.Tensor], target: Target, seed: int
+    losses: Callable[[Target, torch.Tensor], torch.Tensor], target: Target, seed: int,
+    loss_along: Callable[[Target, Direction, float], float] | None = None,
 ) -> float:
     """Standard deviation of the loss's rounding noise when ``target`` is perturbed, measured.
 
@@ -54,19 +55,28 @@ def rounding_noise(
     negligible, so what remains is rounding noise of variance ``10 sigma^2``. It sets the roundoff part of every
     tolerance from the model's own arithmetic instead of a worst-case bound, so small gradients stay visible
     where the loss is computed accurately and float32 models are not waved through where it is not.
+    A target with a :class:`Space` (perturbed in place) is measured along directions drawn part by part.
     """
     base = target.base
     if not base.numel():
         return 0.0
-    gen = torch.Generator().manual_seed(seed + 15485863)
-    signs = torch.randint(0, 2, (NOISE_DIRECTIONS, *base.shape), generator=gen).to(base.dtype) * 2 - 1
-    d = signs * (torch.finfo(base.dtype).eps ** 0.5 * robust_scale(base).to(base.dtype).reshape(base.shape))
-    if d.numel() * d.element_size() * 4 <= SEQUENTIAL_TARGET_BYTES:
-        values = losses(target, torch.cat([d, -d, 2 * d, -2 * d])).to(torch.float64)
-    else:  # one delta at a time: twelve copies of a large tensor at once would not fit
-        values = torch.stack([losses(target, (m * row).unsqueeze(0))[0].to(torch.float64)
-                              for m in (1.0, -1.0, 2.0, -2.0) for row in d])
     k = NOISE_DIRECTIONS
+    multipliers = (1.0, -1.0, 2.0, -2.0)
+    if target.space is not None and loss_along is not None:
+        space = target.space
+        eps = torch.finfo(space.parts[0].tensor.dtype).eps
+        directions = list(space.directions([seed + 15485863 + j for j in range(k)], factor=eps**0.5))
+        values = torch.tensor([loss_along(target, d, m) for m in multipliers for d in directions],
+                              dtype=torch.float64)
+    else:
+        gen = torch.Generator().manual_seed(seed + 15485863)
+        signs = torch.randint(0, 2, (k, *base.shape), generator=gen).to(base.dtype) * 2 - 1
+        d = signs * (torch.finfo(base.dtype).eps ** 0.5 * robust_scale(base).to(base.dtype).reshape(base.shape))
+        if d.numel() * d.element_size() * 4 <= SEQUENTIAL_TARGET_BYTES:
+            values = losses(target, torch.cat([d, -d, 2 * d, -2 * d])).to(torch.float64)
+        else:  # one delta at a time: twelve copies of a large tensor at once would not fit
+            values = torch.stack([losses(target, (m * row).unsqueeze(0))[0].to(torch.float64)
+                                  for m in multipliers for row in d])
     residual = values[2 * k : 3 * k] - values[3 * k :] - 2 * (values[:k] - values[k : 2 * k])
     return float(residual.pow(2).mean().div(10).sqrt())
 
@@ -87,24 +97,15 @@ def _moved(base: torch.Tensor, delta: torch.Tensor, coefficient: float | torch.T
     return base.add(delta, alpha=coefficient)
 
 
-def robust_scale(base: torch.Tensor) -> torch.Tensor:
-    """Per-coordinate magnitude for steps: the value itself, but never below the tensor's typical magnitude.
+def large(t: torch.Tensor) -> bool:
+    """Whether a copy of ``t`` per evaluation is more than memory should hold (see SEQUENTIAL_TARGET_BYTES)."""
+    return t.numel() * t.element_size() > SEQUENTIAL_TARGET_BYTES
 
-    Scaling a step to the value keeps ``x + h`` representable at any magnitude (1e10 or 1e-10). The floor is the
-    median magnitude, not the RMS: one huge entry (an additive attention mask of -3.4e38) would otherwise set a
-    floor that makes every other entry's step enormous. Zero tensors (fresh biases) get steps of scale 1.
-    """
-    flat = base.detach().abs().reshape(-1).to(torch.float64)
-    if not flat.numel():
-        return flat
-    # The median of an evenly strided sample: the same floor for a step scale, without sorting millions.
-    sample = flat[:: max(1, flat.numel() // MEDIAN_SAMPLE)]
-    finite = sample[torch.isfinite(sample)]
-    floor = float(finite.median()) if finite.numel() else 0.0
-    if floor == 0.0 and finite.numel():
-        nonzero = finite[finite > 0]
-        floor = float(nonzero.median()) if nonzero.numel() else 0.0
-    return torch.clamp(flat, min=floor if floor > 0 else 1.0)
+
+def in_place(target: Target) -> Target:
+    """``target`` perturbed in place through a :class:`Space` where it can be (else as it is)."""
+    space = Space.of([target.base])
+    return target if space is None else dataclasses.replace(target, space=space)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class Target:
     # kind "parameters": base is every listed parameter flattened and concatenated (a joint direction)
     names: tuple[str, ...] = ()
     shapes: tuple[torch.Size, ...] = ()
+    # Perturbed in place through this space (directions drawn part by part): base is then only its shape
+    space: Space | None = None
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -239,7 +242,9 @@ class LossEvaluator:
         if self.share_noise and self._noise:
             return next(iter(self._noise.values()))
         if target.key not in self._noise:
-            self._noise[target.key] = rounding_noise(self.losses, target, self.seed)
+            if target.space is None and target.kind == "parameter" and large(target.base):
+                target = in_place(target)
+            self._noise[target.key] = rounding_noise(self.losses, target, self.seed, self.loss_along)
         return self._noise[target.key]
 
     def arithmetic_dtype(self, target: Target, dtype: torch.dtype) -> torch.dtype:
@@ -291,7 +296,7 @@ class LossEvaluator:
             handle.remove()
             self._output_delta = None
 
-    def loss_along(self, target: Target, direction: torch.Tensor, coefficient: float) -> float:
+    def loss_along(self, target: Target, direction: torch.Tensor | Direction, coefficient: float) -> float:
         """Loss at ``target.base + coefficient * direction``, one evaluation, no delta tensor materialised."""
         with self._grad_mode(), self._maybe_hook(target):
             value = self._perturbed_loss(target, direction, coefficient)
@@ -300,8 +305,12 @@ class LossEvaluator:
         return float(value.detach())
 
     def _perturbed_loss(
-        self, target: Target, delta: torch.Tensor, coefficient: float | torch.Tensor = 1.0
+        self, target: Target, delta: torch.Tensor | Direction, coefficient: float | torch.Tensor = 1.0
     ) -> torch.Tensor:
+        if isinstance(delta, Direction):
+            assert isinstance(coefficient, float)
+            with delta.applied(coefficient):
+                return self.loss_fn(self._forward(self.inputs), *self.inputs)
         if target.kind == "parameter":
             out = self._forward(self.inputs, {target.name: _moved(target.base, delta, coefficient)})
             return self.loss_fn(out, *self.inputs)

@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-from pydantic import BaseModel, Field
-
-from ..strict_json import REPORT_MODEL_CONFIG
-
-FindingKind = Literal[
-    "vanishing", "exploding", "nonfinite", "dead_relu", "checkpoint_mismatch", "precision", "underflow"
-]
-
-
-class Finding(BaseModel):
-    """A problem found in the gradient flow or the memory profile, in words a user can act on."""
-
-    model_config = REPORT_MODEL_CONFIG
-
-    kind: FindingKind
-    where: str = Field(description="Qualified module or parameter name ('' is the whole model).")
-    measured: float = Field(description="The measured value that triggered the finding (units in `explanation`).")
-    threshold: float = Field(description="The threshold it crossed (see HealthThresholds).")
-    explanation: str
-    suggestion: str
+from ..report.health import Finding as Finding
+from ..report.health import FindingKind as FindingKind
 
 
 def one_significant_figure(value: float) -> float:

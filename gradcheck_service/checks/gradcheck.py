@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -14,8 +14,9 @@ from torch import nn
 from ..options import CheckOptions
 from ..report import Coordinate, TensorCheck
 from .directions import Measured, measure, measure_coordinates, probe_directions
-from .evaluator import LossEvaluator, Target, robust_scale
+from .evaluator import SEQUENTIAL_TARGET_BYTES, LossEvaluator, Target, large
 from .finite_difference import tolerance
+from .in_place import Directions, Space, robust_scale, smallest_scale
 
 # Relative-error denominators never drop below this fraction of the tensor's largest gradient, so an entry whose
 # gradient is ~0 does not report a meaningless relative error of 1e9.
@@ -198,7 +199,13 @@ def _check_tensor(
     # errors of every coordinate against the same noise, so it sees a backward that is a few percent off.
     n_probes = 0 if coverage == "full" and dtype == torch.float64 else options.probes
     probe_part = None
-    if n_probes:
+    space = Space.of([base], [item.by_design]) if n_probes and large(base) else None
+    if space is not None:  # probes drawn part by part and added in place: no copy of a large tensor per probe
+        streamed = space.directions(draw_seeds(gen, n_probes))
+        measured = measure(evaluator, replace(item.target, space=space), streamed, dtype)
+        analytic = streamed.project([item.analytic])
+        probe_part = compare(analytic, measured, torch.empty((n_probes, 0), dtype=torch.long), options, dtype)
+    elif n_probes:
         dirs = probe_directions(base, n_probes, gen)
         if item.by_design is not None:
             dirs = dirs.masked_fill(item.by_design.to(dirs.device), 0)
@@ -209,7 +216,19 @@ def _check_tensor(
                      method="central differences (Richardson, 2 steps)", numel=numel)
 
 
-def undetected_error(base: torch.Tensor, coords: Comparison | None, probes: Comparison | None,
+def draw_seeds(gen: torch.Generator, count: int) -> list[int]:
+    """Seeds of ``count`` in-place directions (see :mod:`.in_place`), drawn from the check's generator."""
+    return [int(v) for v in torch.randint(0, 2**62, (count,), generator=gen)]
+
+
+def target_scale(target: Target) -> float:
+    """The smallest per-coordinate step scale of the target (its least visible coordinate to a probe)."""
+    if target.space is not None:
+        return min(target.space.min_scale(i) for i in range(len(target.space.parts)))
+    return smallest_scale(target.base)
+
+
+def undetected_error(target: Target, coords: Comparison | None, probes: Comparison | None,
                      coverage: str) -> float | None:
     """The largest error one coordinate's gradient could have without failing a comparison.
 
@@ -227,7 +246,7 @@ def undetected_error(base: torch.Tensor, coords: Comparison | None, probes: Comp
     if not bool(valid.any()):
         return None
     slack = (probes.tolerance + probes.abs_error)[valid].min()
-    return float(slack / robust_scale(base).min())
+    return float(slack) / target_scale(target)
 
 
 def probe_together(
@@ -243,39 +262,67 @@ def probe_together(
     probing one does. A wrong gradient in any of them moves every probe by its error (the bound each tensor
     reports uses its own scale); which one is wrong is the whole-model check's job when anything fails.
     """
-    base = torch.cat([item.target.base.reshape(-1) for item in items])
-    analytic = torch.cat([item.analytic.reshape(-1) for item in items])
-    still = torch.cat([(item.by_design if item.by_design is not None else
-                        torch.zeros(item.target.base.shape, dtype=torch.bool)).reshape(-1) for item in items])
-    target = items[0].target if len(items) == 1 else Target(
-        "parameters", name, base, names=tuple(item.target.name for item in items),
-        shapes=tuple(item.target.base.shape for item in items))
-    joint = Checked(name, "parameter", target, analytic, False)
+    names = tuple(item.target.name for item in items)
+    shapes = tuple(item.target.base.shape for item in items)
+    numel = sum(item.target.base.numel() for item in items)
+    bases = [item.target.base for item in items]
+    stills = [item.by_design for item in items]
+    space = Space.of(bases, stills) if sum(b.numel() * b.element_size() for b in bases) > SEQUENTIAL_TARGET_BYTES \
+        else None
+    if space is not None:  # too large to copy: directions drawn part by part and added in place
+        target = Target("parameters", name, torch.empty((), dtype=bases[0].dtype).expand(numel), names=names,
+                        shapes=shapes, space=space)
+        joint = Checked(name, "parameter", target, torch.empty(0, dtype=torch.float64), False)
+        min_scales = [space.min_scale(i) for i in range(len(items))]
+
+        def draw() -> Directions | torch.Tensor:
+            return space.directions(draw_seeds(gen, opts.probes))
+
+        def project(dirs: Directions | torch.Tensor) -> torch.Tensor:
+            assert isinstance(dirs, Directions)
+            return dirs.project([item.analytic for item in items])
+    else:
+        base = torch.cat([b.reshape(-1) for b in bases])
+        analytic = torch.cat([item.analytic.reshape(-1) for item in items])
+        still = torch.cat([(s if s is not None else torch.zeros(b.shape, dtype=torch.bool)).reshape(-1)
+                           for s, b in zip(stills, bases, strict=True)])
+        target = items[0].target if len(items) == 1 else Target("parameters", name, base, names=names, shapes=shapes)
+        joint = Checked(name, "parameter", target, analytic, False)
+        scale = robust_scale(base)  # the probes' per-coordinate scale, floored over the whole module
+        min_scales, start = [], 0
+        for b in bases:
+            min_scales.append(float(scale[start : start + b.numel()].min()) if b.numel() else float("inf"))
+            start += b.numel()
+
+        def draw() -> Directions | torch.Tensor:
+            dirs = probe_directions(base, opts.probes, gen)
+            if bool(still.any()):
+                dirs = dirs.masked_fill(still, 0)
+            return dirs.reshape(opts.probes, *target.base.shape)  # a single tensor keeps its own shape
+
+        def project(dirs: Directions | torch.Tensor) -> torch.Tensor:
+            assert isinstance(dirs, torch.Tensor)
+            return dirs.to(torch.float64).reshape(opts.probes, -1) @ analytic
+
     others = f"probed together with {len(items) - 1} other tensor(s) of the module" if len(items) > 1 else ""
     comparisons: list[Comparison] = []
 
     def run() -> TensorCheck:
-        dirs = probe_directions(base, opts.probes, gen)
-        if bool(still.any()):
-            dirs = dirs.masked_fill(still, 0)
-        dirs = dirs.reshape(opts.probes, *target.base.shape)  # a single tensor keeps its own shape
+        dirs = draw()
         measured = measure(evaluator, target, dirs, dtype)
-        projected = dirs.to(torch.float64).reshape(opts.probes, -1) @ analytic
-        comparisons[:] = [compare(projected, measured, torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)]
-        return summarize(joint, None, comparisons[0], "probes", method or others, base.numel())
+        comparisons[:] = [compare(project(dirs), measured, torch.empty((opts.probes, 0), dtype=torch.long), opts,
+                                  dtype)]
+        return summarize(joint, None, comparisons[0], "probes", method or others, numel)
 
     together = screened(evaluator, dtype, gen, lambda: [run()])[0]
     probes = comparisons[0]
     valid = probes.compared
     slack = float((probes.tolerance + probes.abs_error)[valid].min()) if bool(valid.any()) else None
-    scale = robust_scale(base)  # the probes' per-coordinate scale, floored over the whole module
-    results, start = {}, 0
-    for item in items:
-        n = item.target.base.numel()
-        result = summarize(item, None, probes, "probes", others or "probes", n)
-        result.undetected_error = None if slack is None else slack / float(scale[start : start + n].min())
+    results = {}
+    for item, smallest in zip(items, min_scales, strict=True):
+        result = summarize(item, None, probes, "probes", others or "probes", item.target.base.numel())
+        result.undetected_error = None if slack is None else slack / smallest
         results[item.name] = result
-        start += n
     return together, results
 
 
@@ -379,7 +426,7 @@ def summarize(
         unused=item.unused,
         resolved=resolved,
         note="; ".join(notes) or None,
-        undetected_error=undetected_error(item.target.base, coords, probes, coverage),
+        undetected_error=undetected_error(item.target, coords, probes, coverage),
     )
 
 

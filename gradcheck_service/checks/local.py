@@ -30,18 +30,20 @@ from torch.utils._pytree import tree_unflatten
 
 from ..options import CheckOptions
 from ..report import TensorCheck
-from .directions import Measured, probe_directions
-from .evaluator import LossEvaluator, Target, precision_note, robust_scale
+from .directions import Measured
+from .evaluator import LossEvaluator, Target, precision_note
 from .gradcheck import (
     Checked,
     check_tensor,
     compare,
+    draw_seeds,
     is_linear_in_parameters,
     linear_map,
     no_gradient_by_design,
     probe_together,
     summarize,
 )
+from .in_place import Part, Space
 from .layers import dense
 from .localize import ModuleCall, ReplayError, _CallAt, _Projection, record_calls
 from .loss import LossFn
@@ -160,40 +162,37 @@ def _stock_linear_probes(
     items = [Checked(names[id(p)], "parameter", Target("parameter", f"inner.{n}", p.detach()),
                      torch.zeros(p.shape, dtype=torch.float64) if named_grads[n] is None
                      else named_grads[n].detach().to(torch.float64),  # type: ignore[union-attr]
-                     named_grads[n] is None) for n, p in own]
-    base = torch.cat([item.target.base.reshape(-1) for item in items])
-    analytic = torch.cat([item.analytic.reshape(-1) for item in items])
+                     named_grads[n] is None)
+             for n, p in sorted(own, key=lambda named: named[0] != "weight")]  # weight first, then bias
     gen = torch.Generator().manual_seed(opts.seed + 7919 + rec.call)
-    dirs = probe_directions(base, opts.probes, gen)
-    n_w = weight.numel()
+    # Each probe drawn part by part (see in_place): a 38M-entry LM head holds one share of one probe at a time.
+    space = Space([Part(item.target.base, item.target.base) for item in items])
+    dirs = space.directions(draw_seeds(gen, opts.probes))
     numeric = []
     terms = weight[0].numel() + 1 + cot.numel()  # the longest sums: one output entry, then the projection
     eps = float(torch.finfo(cot.dtype).eps)
     with torch.no_grad():
         for d in dirs:
-            v_w = d[:n_w].view_as(weight)
-            v_b = d[n_w:].view_as(bias) if bias is not None else None
+            v_w = d.part(0).view_as(weight)
+            v_b = d.part(1).view_as(bias) if bias is not None else None
             numeric.append(float((cot * linear_map_x(v_w, v_b)).sum()))
         # Every probe has the same magnitudes (+-1 times the scale), so one rounding bound serves them all.
-        a_w = dirs[0, :n_w].abs().view_as(weight)
-        a_b = dirs[0, n_w:].abs().view_as(bias) if bias is not None else None
+        a_w = space.scale(0).view_as(weight)
+        a_b = space.scale(1).view_as(bias) if bias is not None else None
         bound = terms * eps * float((cot.abs() * linear_map_abs(a_w, a_b)).sum())
     measured = Measured(torch.tensor(numeric, dtype=torch.float64), torch.full((opts.probes,), bound, dtype=torch.float64),
                         torch.zeros(opts.probes, dtype=torch.bool))
-    comparison = compare(dirs.to(torch.float64) @ analytic, measured, torch.empty((opts.probes, 0), dtype=torch.long),
-                         opts, dtype)
+    comparison = compare(dirs.project([item.analytic for item in items]), measured,
+                         torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)
     where = f"{rec.name or '<root>'}" + (f" call {rec.call}" if rec.call else "")
     method = (f"local: {type(layer).__name__} {where}'s exact linear map at its recorded input (a difference "
               f"quotient of an affine map is exact)")
-    results, start = {}, 0
-    scale = robust_scale(base)
+    results = {}
     slack = float((comparison.tolerance + comparison.abs_error).min())
-    for item in items:
-        n = item.target.base.numel()
-        result = summarize(item, None, comparison, "probes", method, n)
-        result.scope, result.undetected_error = "local", slack / float(scale[start : start + n].min())
+    for i, item in enumerate(items):
+        result = summarize(item, None, comparison, "probes", method, item.target.base.numel())
+        result.scope, result.undetected_error = "local", slack / space.min_scale(i)
         results[item.name] = result
-        start += n
     return results
 
 

@@ -56,6 +56,7 @@ class ModuleCall:
     problem: str | None = None  # why the arguments could not be kept for a replay
     parent: int | None = None  # index (in the recorded list) of the call this one ran inside
     seconds: float = 0.0  # wall time of the call in the recorded forward (hooks of inner calls included)
+    output_in_graph: bool = False  # some float output required grad: a backward through the call could run
 
     def input_name(self, leaf: int) -> str:
         path = self.paths[leaf]
@@ -189,11 +190,15 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
             active.pop()
         for pos, leaf in enumerate(float_leaves(out)):
             if leaf.requires_grad:
+                rec.output_in_graph = True
                 leaf.register_hook(lambda g, pos=pos, rec=rec: rec.cotangents.__setitem__(pos, g.detach().clone()))
 
     for name, m in work.module.named_modules():
         handles.append(m.register_forward_pre_hook(pre(name), with_kwargs=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
+    for p in work.module.parameters():
+        if p.requires_grad:  # only the output gradients are kept: a parameter's gradient is let go as it lands
+            handles.append(p.register_post_accumulate_grad_hook(_drop_grad))
     try:
         work.rng.restore()
         args = work.leaf_inputs()
@@ -206,6 +211,10 @@ def record_calls(work: WorkingCopy, loss: LossFn, seed: int) -> list[ModuleCall]
         for p in work.module.parameters():
             p.grad = None
     return calls
+
+
+def _drop_grad(p: torch.Tensor) -> None:
+    p.grad = None
 
 
 def check_call(
@@ -305,11 +314,13 @@ class Known:
     ``root_failed`` (why) says the whole model's own call fails (its joint probes or an input's check through the
     whole model did): at 124M parameters measuring it again is a minute. ``local`` is each parameter's verdict from
     its own module's local check: a call whose subtree owns no other parameter is not probed for them again, and
-    a module called once whose own parameters failed there fails, with every call it runs inside.
+    a module called once whose own parameters failed there fails, with every call it runs inside. ``starved``
+    names the parameters the loss depends on (finite differences moved it) that got no gradient at all.
     """
 
     root_failed: str | None = None
     local: dict[str, TensorCheck] = field(default_factory=dict)
+    starved: set[str] = field(default_factory=set)
 
 
 def localize(work: WorkingCopy, loss: LossFn, opts: CheckOptions, analytic: AnalyticPass,
@@ -389,6 +400,26 @@ class _Bisection:
                 if parent not in self.failing:
                     self._fail(parent, f"runs {rec.name}, whose own parameters failed their local check")
                 parent = self.calls[parent].parent
+        self._starved_calls(known.starved)
+
+    def _starved_calls(self, starved: set[str]) -> None:
+        """The outermost calls whose parameters got no gradient because their output was never in the graph.
+
+        Such a call's backward could not run, so it cannot be probed; the cause is how it was called (the classic
+        case: a block under a reentrant checkpoint whose inputs do not require grad, behind a frozen embedding,
+        runs without autograd). It is the call to name, not the root that runs it. A call whose output was in the
+        graph but got no gradient was cut off by the code using it: that code is the parent's, left to it.
+        """
+        for i, rec in enumerate(self.calls):
+            names = [n for n in self._parameters(rec, recurse=True) if n in starved]
+            parent = rec.parent
+            if not names or rec.output_in_graph or (parent is not None and not self.calls[parent].output_in_graph):
+                continue
+            inputs = "none of its inputs requires grad" if not rec.differentiable else "it ran without autograd"
+            self._fail(i, f"its parameters get no gradient although the loss depends on them "
+                          f"({', '.join(names[:3])}{' ...' if len(names) > 3 else ''}): no gradient reached its "
+                          f"inputs, {inputs}, so its output was not in the autograd graph (a reentrant checkpoint "
+                          f"whose inputs do not require grad does this)")
 
     def run(self) -> None:
         queue = list(self.children.get(None, []))

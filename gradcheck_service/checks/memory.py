@@ -11,83 +11,28 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
 from ..options import CheckOptions
-from ..strict_json import REPORT_MODEL_CONFIG
+from ..report.memory import (
+    MemoryProfile as MemoryProfile,
+)
+from ..report.memory import (
+    ModuleActivation as ModuleActivation,
+)
+from ..report.memory import (
+    OptimizerState as OptimizerState,
+)
 from .allocations import distinct_storage_bytes, measure_step, timed_step
-from .batch_scaling import BatchScaling, batch_size_of, measure_batch_scaling
-from .checkpointing import CheckpointingPlan, plan_checkpointing
+from .batch_scaling import batch_size_of, measure_batch_scaling
+from .checkpointing import plan_checkpointing
 from .diagnosis import Diagnosis
 from .findings import Finding
 from .health import GradientNorms, recording, summarize_gradients
 from .model_state import clear_grads, model_device, preserved, seeded
-from .precision import PrecisionComparison, compare_precision
+from .precision import compare_precision
 
 LossFn = Callable[..., torch.Tensor]
-
-
-class _Model(BaseModel):
-    model_config = REPORT_MODEL_CONFIG
-
-
-class ModuleActivation(_Model):
-    """Bytes of the distinct storages first saved for backward while this module (innermost) was running."""
-
-    module: str = Field(description="Qualified name; '' is the root's own forward.")
-    type: str
-    bytes: int
-    tensors: int
-
-
-class OptimizerState(_Model):
-    """Exact bytes an optimizer allocates for its state on the first step, from the trainable parameters."""
-
-    sgd_momentum_bytes: int = Field(description="One momentum buffer shaped like each trainable parameter.")
-    adam_bytes: int = Field(
-        description="exp_avg and exp_avg_sq shaped like each trainable parameter, plus one scalar `step` tensor "
-        "per parameter (float32, or float64 when that is the default dtype; amsgrad would add a third buffer)."
-    )
-
-
-class MemoryProfile(_Model):
-    """The ``memory`` report section. Bytes are bytes, times seconds."""
-
-    device: str
-    dtype: str
-    batch_size: int | None = Field(description="Size of the shared dim 0 of the inputs, if there is one.")
-    parameter_bytes: int = Field(description="All parameters (distinct storages).")
-    trainable_parameter_bytes: int
-    buffer_bytes: int
-    gradient_bytes: int = Field(description="One gradient per trainable parameter, in its dtype.")
-    optimizer_state: OptimizerState
-    activation_bytes: int = Field(
-        description="Distinct storages autograd saved for backward in the model's own forward, parameters and "
-        "buffers excluded (saved_tensors_hooks); includes input batches the first layers keep. What the loss "
-        "saves is in loss_saved_bytes."
-    )
-    activation_input_bytes: int = Field(description="Part of activation_bytes that is the model's own inputs.")
-    saved_tensors: int = Field(description="Tensors the model's forward packed for backward, before de-duplicating "
-                               "storages.")
-    loss_saved_bytes: int = Field(
-        0, description="Distinct storages the loss function saved for backward that the model had not already "
-        "saved: the default random projection's weights, or e.g. a cross-entropy's log-softmax of the logits."
-    )
-    activations_by_module: list[ModuleActivation] = Field(default_factory=list, description="Largest first.")
-    retained_after_forward_bytes: int = Field(
-        description="Allocated by the forward+loss and still alive when backward starts (measured by allocation)."
-    )
-    resident_bytes: int = Field(description="Parameters, buffers, existing gradients and inputs before the step.")
-    peak_bytes: int = Field(description="resident_bytes + peak_increase_bytes.")
-    peak_increase_bytes: int = Field(description="Highest allocation above resident during forward+backward.")
-    peak_method: str
-    forward_s: float = Field(description="One plain forward including the loss.")
-    backward_s: float
-    checkpointing: CheckpointingPlan | None = None
-    batch_scaling: BatchScaling | None = None
-    precision: PrecisionComparison | None = None
-    findings: list[Finding] = Field(default_factory=list)
 
 
 def _float_input_dtype(inputs: tuple[torch.Tensor, ...]) -> torch.dtype:

@@ -16,46 +16,21 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
 from ..options import HealthThresholds
-from ..strict_json import REPORT_MODEL_CONFIG
+from ..report.memory import (
+    PrecisionComparison as PrecisionComparison,
+)
+from ..report.memory import (
+    PrecisionParameter as PrecisionParameter,
+)
 from .findings import Finding
 from .health import compute_loss
 from .model_state import clear_grads, seeded
 
 LossFn = Callable[..., torch.Tensor]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class PrecisionParameter(BaseModel):
-    model_config = REPORT_MODEL_CONFIG
-
-    name: str
-    numel: int
-    rel_error: float = Field(description="||g_autocast - g_float64|| / ||g_float64|| (absolute if the latter is 0).")
-    own_dtype_rel_error: float = Field(description="The same for the model's own dtype without autocast.")
-    underflow_count: int = Field(description="Entries that are 0 under autocast but not in the float64 reference.")
-    nonfinite_count: int = Field(0, description="Entries that are NaN/Inf under autocast but finite in float64 "
-                                 "(overflow, typically fp16 above 65504).")
-    within_tolerance: bool
-
-
-class PrecisionComparison(BaseModel):
-    model_config = REPORT_MODEL_CONFIG
-
-    autocast_dtype: Literal["bf16", "fp16"]
-    model_dtype: str
-    reference_dtype: str = "float64"
-    unit_roundoff: float = Field(description="u of the autocast dtype: 2**-8 (bf16) or 2**-11 (fp16).")
-    tolerance: float = Field(description="Relative error allowed as precision loss: precision_error_factor * u.")
-    max_rel_error: float
-    underflow_count: int
-    underflow_fraction: float
-    verdict: Literal["precision loss only", "autocast-specific error", "differs without autocast", "not measured"]
-    parameters: list[PrecisionParameter] = Field(default_factory=list)
-    note: str | None = None
 
 
 def _gradients(model: nn.Module, inputs: tuple[torch.Tensor, ...], loss_fn: LossFn, device: torch.device,

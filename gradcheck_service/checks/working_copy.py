@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..options import CheckOptions
+from .in_place import PROMOTED_FROM
 from .loss import LossFn, RandomProjection, float_leaves
 from .reference_dtype import KeepFloat64
 from .rng import RngState, generators_drawn, seed_all
@@ -110,9 +111,15 @@ def working_model(
 ) -> Iterator[WorkingCopy]:
     """The user's module on the CPU in float64 (its own dtype when float64 does not run) for the ``with`` block."""
     state = ModelState(model)
+    promoted_from = PROMOTED_FROM.set(None)
     try:
-        yield _prepare(model, state, inputs, loss, opts)
+        work = _prepare(model, state, inputs, loss, opts)
+        # Every working parameter is an exact copy of the model's own tensor (promoted): perturbed in place, it
+        # is put back from there (see in_place).
+        PROMOTED_FROM.set({p.data.data_ptr(): data for p, data, _grad in state.parameters})
+        yield work
     finally:
+        PROMOTED_FROM.reset(promoted_from)
         state.restore()
 
 
@@ -150,6 +157,7 @@ def _prepare(
         notes.append(f"the forward computes in {str(dtype).replace('torch.', '')} internally despite float64 "
                      "promotion; tolerances use that precision")
     _freeze_running_stats(model)
+    _hold_power_iterations(model, notes)
     float_idx = [i for i, t in enumerate(work_inputs) if t.is_floating_point()] if inputs_grad else []
     return WorkingCopy(model, work_inputs, dtype, promoted, float_idx, rng, notes, keep)
 
@@ -249,6 +257,33 @@ def _freeze_running_stats(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
             m.track_running_stats = False
+
+
+def _hold_power_iterations(module: nn.Module, notes: list[str]) -> None:
+    """Spectral norm in train mode: hold its power-iteration vectors where the first forward left them.
+
+    Each train-mode forward moves the vectors one iteration (without autograd) and divides the weight by
+    ``u . W v``; PyTorch's backward treats ``u`` and ``v`` as constants, so the gradient training uses is that of
+    the forward with the vectors held. Finite differences of a forward that iterates again at every evaluation
+    would also differentiate the iteration (and never replay the same state). Held, the function compared is the
+    one whose gradient training takes, at the vectors the recorded step uses.
+    """
+    from torch.nn.utils.parametrizations import _SpectralNorm
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    held = []
+    for name, m in module.named_modules():
+        if isinstance(m, _SpectralNorm) and m.training:
+            m.training = False
+            held.append(name.split(".parametrizations.")[0])
+        hooks = [h for h in m._forward_pre_hooks.values() if isinstance(h, SpectralNorm)]
+        if hooks and m.training:
+            m.training = False  # the hook iterates when its module trains; the module's own code is unchanged
+            held.append(name)
+    if held:
+        notes.append(f"spectral norm of {', '.join(n or '(root)' for n in held)}: the power-iteration vectors are "
+                     "held where the first forward left them, as PyTorch's backward treats them (constants); the "
+                     "iteration itself is not differentiated")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,13 +14,13 @@ from typing import get_args
 
 import click
 
-from ..options import FailOn
-from .results import EXIT_BAD_INPUT
+from ..options import FailOn, click_option, help_text
+from ..types import ExitCode
 
 
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(ExitCode.BAD_INPUT)
 
 
 def _apply_overrides(config: object, mode: str | None, fail_on: str | None, only: tuple[str, ...],
@@ -77,10 +77,8 @@ def _config_path(value: str | None, root: Path, configured: str | None) -> Path 
               "target, else the default branch, else main).")
 @click.option("--fail-on", help="Comma list: 'regression' fails the job on regressions; diagnosis kinds "
               "(exploding, vanishing, ...) are added to every model's fail-on.")
-@click.option("--mode", type=click.Choice(["full", "default", "fast"]), help="Override every model's mode.")
-@click.option("--triton-interpreter", type=click.Choice(["auto", "on", "off"]),
-              help="Override every model's triton_interpreter (Triton kernels in Triton's interpreter on CPU; auto: "
-                   "when CUDA is absent).")
+@click_option("mode", help=f"Override every model's mode. {help_text('mode')}")
+@click_option("triton_interpreter", help=f"Override every model's triton_interpreter. {help_text('triton_interpreter')}")
 @click.option("--model", "only", multiple=True, help="Check only this configured model (repeatable).")
 @click.option("--repo", help="Override the detected repository.")
 @click.option("--branch", help="Override the detected branch.")

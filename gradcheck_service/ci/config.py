@@ -27,13 +27,15 @@ file beyond the ones it imports.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..options import CheckOptions
+from ..report.units import parse_bytes
+from ..strict_json import StrictModel
 
 CONFIG_FILES = ("gradcheck.toml", "pyproject.toml")
 # Keys of a model entry that belong to CI; every other key is a CheckOptions field.
@@ -49,8 +51,10 @@ def _hyphen(name: str) -> str:
     return name.replace("_", "-")
 
 
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=_hyphen, populate_by_name=True)
+class _Table(StrictModel):
+    """A table of the configuration file: keys spelled with hyphens or underscores."""
+
+    model_config = ConfigDict(alias_generator=_hyphen, populate_by_name=True)
 
 
 class RegressionThresholds(_Table):
@@ -144,14 +148,11 @@ def _entry(raw: dict[str, Any], defaults: dict[str, Any], root: Path, where: str
     kept = [i for i, kind in enumerate(fail_on) if kind != "regression"]  # "regression" is CI's, not the check's
     option_values["fail_on"] = [fail_on[i] for i in kept]
     if values.get("memory_budget") is not None:
-        # Imported here: the cli package imports the ci command, which imports this module.
-        from ..cli.check import parse_bytes
-
         budget = values["memory_budget"]
         try:
             option_values["memory_budget_bytes"] = budget if isinstance(budget, int) else parse_bytes(str(budget))
-        except click.BadParameter as exc:
-            message = exc.format_message().removeprefix("Invalid value: ")
+        except ValueError as exc:
+            message = str(exc)
             raise ConfigError(f"{where}.{spelled['memory_budget']}: {message}") from None
     try:
         options = CheckOptions.model_validate(option_values)
@@ -194,6 +195,23 @@ def find_config(directory: Path) -> tuple[Path, dict[str, Any]] | None:
         if table is not None:
             return path, table
     return None
+
+
+def import_roots(root: Path, pythonpath: Sequence[str | Path] | None = None) -> list[Path]:
+    """Where a repository's own modules are imported from: its ``pythonpath`` folders, then its root, as pytest's
+    ``pythonpath`` and ``rootdir`` do (``check``, ``ci`` and the pytest plugin all import from these).
+
+    ``pythonpath`` None: the folders configured in ``root``'s gradcheck configuration, if it has one (folders
+    that do not exist are left out; ``load_config`` is where they are refused)."""
+    root = root.resolve()
+    if pythonpath is None:
+        found = find_config(root)
+        pythonpath = found[1].get("pythonpath", []) if found else []
+        if not isinstance(pythonpath, list) or not all(isinstance(p, str) for p in pythonpath):
+            raise ConfigError(f"{found[0].name if found else 'configuration'}: pythonpath: expected a list of "
+                              'folders, e.g. ["src"]')
+    folders = [root / p for p in pythonpath]
+    return [*(folder for folder in folders if folder.is_dir() and folder.resolve() != root), root]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ..cli.render_health import human_bytes
 from ..report import Report
+from ..report.units import human_bytes
 from .describe import (
     blamed_modules,
     comparison_label,

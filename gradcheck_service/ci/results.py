@@ -7,10 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ..report import Report
+from ..types import ExitCode
 from .baseline import Baseline, Regression
 from .gitmeta import GitMeta
 
-EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ERROR = 0, 1, 2, 3
 RESULTS_SCHEMA = "gradcheck-ci/1"
 
 Status = Literal["passed", "failed", "inconclusive", "error"]
@@ -62,9 +62,9 @@ class CiResult(BaseModel):
         """3 when any run ended in error (its verdict is unknown), else 1 when any failed or was inconclusive
         (not passing, as in ``check``; 0 for inconclusive with ``allow_inconclusive``), else 0."""
         if self.count("error"):
-            return EXIT_ERROR
+            return ExitCode.ERROR
         not_passing = self.count("failed") + (0 if self.allow_inconclusive else self.count("inconclusive"))
-        return EXIT_FAILED if not_passing else EXIT_PASSED
+        return ExitCode.FAILED if not_passing else ExitCode.PASSED
 
     def to_json(self) -> str:
         # The baselines' own reports are left out: they are already stored where they came from.

@@ -18,7 +18,7 @@ from ..report import Report
 from .baseline import Baseline, BaselineError, compare
 from .bundle import BundleError, bundle
 from .client import ServiceClient, ServiceError
-from .config import CiConfig, ModelEntry
+from .config import CiConfig, ModelEntry, import_roots
 from .gitmeta import GitMeta
 from .results import ModelResult, Status
 
@@ -44,12 +44,12 @@ def _status(report: Report) -> Status:
 def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
     """Check every model in this process, one after the other."""
     from ..checks.working_copy import CheckError
-    from ..definitions import DefinitionError, load_definition
-    from ..definitions.output_capture import CapturedOutput, output_or_none
+    from ..definitions import DefinitionError
+    from ..definitions.checking import check_definition
     from ..definitions.pyfile import MissingModuleError
-    from ..triton_interpreter import use_interpreter
 
     root = config.source.parent
+    roots = import_roots(root, config.pythonpath)
     results = []
     for entry in config.models:
         started = time.perf_counter()
@@ -57,18 +57,11 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
                              fail_on_regression=entry.fail_on_regression)
         # What the repository's code prints goes into the model's report, as with `check`: the job's stdout is
         # the Markdown summary alone.
-        captured = CapturedOutput()
         try:
-            with captured:
-                use_interpreter(entry.options.triton_interpreter)  # before the repository's code imports Triton
-                definition = load_definition(str(entry.path), import_roots(config))
-                from ..checks.engine import check
-
-                report = check(definition.module, definition.inputs, definition.loss_fn, name=entry.name,
-                               options=entry.options)
+            report = check_definition(entry.path, roots, entry.options, name=entry.name)
         except MissingModuleError as exc:
-            where = ", ".join(_relative(p, root) if p != root else ". (the repository root)"
-                              for p in import_roots(config))
+            where = ", ".join(_relative(p, root) if p != root.resolve() else ". (the repository root)"
+                              for p in roots)
             result.error = (f"{' '.join(str(exc).split())}; the repository's modules are imported from {where}: "
                             "add a folder with `pythonpath` in the configuration, or install the package")
         except (DefinitionError, CheckError) as exc:
@@ -76,21 +69,11 @@ def run_local(config: CiConfig, echo: Echo) -> list[ModelResult]:
         except Exception as exc:  # the repository's own code raised: that model errors, the others still run
             result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         else:
-            report.output = output_or_none(captured.text)
             result.report, result.status = report, _status(report)
-        finally:
-            captured.close()
         result.duration_s = time.perf_counter() - started
         echo(_progress_line(result))
         results.append(result)
     return results
-
-
-def import_roots(config: CiConfig) -> list[Path]:
-    """Where the repository's own modules are imported from: the ``pythonpath`` directories, then the root
-    (the directory of the configuration file), as pytest's ``pythonpath`` and ``rootdir`` do."""
-    root = config.source.parent.resolve()
-    return [*(p for p in config.pythonpath if p != root), root]
 
 
 def _progress_line(result: ModelResult) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli.render_health import human_bytes
 from ..report import Report
+from ..report.units import human_bytes
 from .describe import (
     blamed_modules,
     failing_tensors,

@@ -11,7 +11,8 @@ from .. import __version__
 # Modules that each define ``commands: list[click.Command]``; imported when the group is built.
 COMMAND_MODULES = (
     "gradcheck_service.cli.check",
-    "gradcheck_service.cli.service",
+    "gradcheck_service.cli.submit",
+    "gradcheck_service.service.commands",
     "gradcheck_service.ci.cli",
 )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -11,17 +10,18 @@ from typing import IO, Any
 import click
 from pydantic import ValidationError
 
-EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+from ..ci.config import ConfigError, import_roots
+from ..options import CheckOptions, choices, click_option, help_text
+from ..report import units
+from ..types import ExitCode, verdict_exit_code
 
 
 def parse_bytes(text: str) -> int:
-    """'16GiB' -> 17179869184; plain numbers are bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise click.BadParameter(f"{text!r} is not a size like 16GiB, 512MB or 1000000")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    """'16GiB' -> 17179869184 (see :func:`gradcheck_service.report.units.parse_bytes`), as a click parameter."""
+    try:
+        return units.parse_bytes(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def check_options(
@@ -49,15 +49,13 @@ def check_options(
 
 @click.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--mode", type=click.Choice(["full", "default", "fast"]), default="default", show_default=True,
-              help="full: every coordinate through the whole model; default: each parameter through its own "
-                   "module's call (tiny tensors fully, others by probes) + joint probes; fast: probes only.")
-@click.option("--order", type=click.Choice(["1", "2"]), default="1", help="2 also checks the gradient of the gradient.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--fail-on", help="Diagnosis findings that fail the check: vanishing,exploding,nonfinite,dead_relu,...")
+@click_option("mode", default="default", show_default=True)
+@click_option("order", default="1")
+@click_option("device", default="cpu", show_default=True)
+@click_option("seed", type=int, default=0, show_default=True)
+@click_option("fail_on", type=str, help=f"{help_text('fail_on')} Comma list of: {', '.join(choices('fail_on'))}.")
 @click.option("--memory-budget", help="Largest batch that fits in this much memory, e.g. 16GiB.")
-@click.option("--precision", type=click.Choice(["bf16", "fp16"]), help="Compare autocast gradients with float64.")
+@click_option("precision")
 @click.option("--checkpoint", multiple=True, help="Measure gradient checkpointing for this block ('all': every "
               "top-level block). Repeatable.")
 @click.option("--batch-scaling", is_flag=True, help="Fit activation memory against batch size.")
@@ -66,8 +64,7 @@ def check_options(
               "checks and localization).")
 @click.option("--no-health", is_flag=True, help="Skip gradient norms and the diagnosis.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory profile.")
-@click.option("--triton-interpreter", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Run Triton kernels in Triton's interpreter on CPU: auto when CUDA is absent.")
+@click_option("triton_interpreter", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @click.option("--allow-inconclusive", is_flag=True, help="Exit 0 when the verdict is inconclusive (nothing wrong "
               "found, but too little compared to call it passed); by default inconclusive exits 1.")
@@ -79,39 +76,27 @@ def check_command(
 ) -> None:
     """Check the model in PATH (a .py model file or a .json spec) against finite differences."""
     from ..checks.working_copy import CheckError
-    from ..ci.config import ConfigError
-    from ..definitions import DefinitionError, load_definition
-    from ..definitions.output_capture import CapturedOutput, output_or_none
+    from ..definitions import DefinitionError
+    from ..definitions.checking import check_definition
+    from ..definitions.output_capture import CapturedOutput
 
     # Whatever the model's code prints (while its file is imported and built, and in every forward) goes into
     # the report, never onto our stdout: --json must stay one JSON document.
     captured = CapturedOutput()
+    show_progress = not as_json and sys.stderr.isatty()
     try:
-        options = check_options(mode, int(order), device, seed, fail_on, memory_budget, precision, checkpoint,
-                                batch_scaling, not no_health, not no_memory, recheck, triton_interpreter)
-        from ..options import CheckOptions
-        from ..triton_interpreter import use_interpreter
-
-        opts = CheckOptions(**options)
-        use_interpreter(opts.triton_interpreter)  # before the model's code imports Triton
-        show_progress = not as_json and sys.stderr.isatty()
-        with captured:
-            definition = load_definition(path, import_roots())
-            from ..checks.engine import check
-
-            with progress_display(enabled=show_progress, file=captured.terminal) as progress:
-                report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
-                               name=definition.name, options=opts)
+        options = CheckOptions(**check_options(mode, int(order), device, seed, fail_on, memory_budget, precision,
+                                               checkpoint, batch_scaling, not no_health, not no_memory, recheck,
+                                               triton_interpreter))
+        report = check_definition(path, import_roots(Path.cwd()), options, captured=captured,
+                                  progress=lambda terminal: progress_display(enabled=show_progress, file=terminal))
     except (DefinitionError, CheckError, ConfigError, click.BadParameter, ValidationError, OSError) as exc:
         if debug:
             traceback.print_exc()
             if captured.text.strip():
                 click.echo(f"output of the model before the error:\n{captured.text.rstrip()}", err=True)
         click.echo(f"error: {one_line(exc)}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    finally:
-        captured.close()
-    report.output = output_or_none(captured.text)
+        sys.exit(ExitCode.BAD_INPUT)
     if as_json:
         click.echo(report.to_json())
     else:
@@ -119,27 +104,6 @@ def check_command(
 
         click.echo(render_report(report))
     sys.exit(verdict_exit_code(report.verdict, allow_inconclusive))
-
-
-def verdict_exit_code(verdict: str, allow_inconclusive: bool) -> int:
-    """The exit code of a finished check, as ``check`` and ``submit`` give it: 0 passed, 1 failed, and 1 for
-    inconclusive too (not passing: too little was compared) unless ``--allow-inconclusive``."""
-    accepted = ("passed", "inconclusive") if allow_inconclusive else ("passed",)
-    return EXIT_PASSED if verdict in accepted else EXIT_FAILED
-
-
-def import_roots() -> list[Path]:
-    """The current directory (the repository root) and the `pythonpath` of its gradcheck configuration, if any:
-    a model file imports the repository's modules from there, as in ``ci``."""
-    from ..ci.config import ConfigError, find_config
-
-    root = Path.cwd().resolve()
-    found = find_config(root)
-    extra = found[1].get("pythonpath", []) if found else []
-    if not isinstance(extra, list) or not all(isinstance(p, str) for p in extra):
-        raise ConfigError(f"{found[0].name if found else 'configuration'}: pythonpath: expected a list of folders, "
-                          'e.g. ["src"]')
-    return [*(root / p for p in extra if (root / p).is_dir()), root]
 
 
 def one_line(exc: BaseException) -> str:

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import math
 
-from ..checks.diagnosis import Diagnosis
-from ..checks.findings import Finding
-from ..checks.gradient_stats import GradientNorms
-from ..checks.memory import MemoryProfile
+from ..report import Diagnosis, Finding, GradientNorms, MemoryProfile
+from ..report.units import human_bytes
 
 BAR_WIDTH = 32
-
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes as B/KiB/MiB/GiB/TiB with three significant digits."""
-    sign = "-" if n < 0 else ""
-    value = abs(float(n))
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.3g} {unit}"
-        value /= 1024
-    return f"{sign}{value:.3g} TiB"
 
 
 def _ms(seconds: float) -> str:

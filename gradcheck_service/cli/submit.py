@@ -17,10 +17,8 @@ import click
 
 from ..ci.bundle import Bundle, bundle
 from ..ci.client import ServiceClient, ServiceError
-from .check import verdict_exit_code
-
-EXIT_BAD_INPUT, EXIT_ERROR = 2, 3
-VERDICTS = ("passed", "failed", "inconclusive")  # the statuses of a run that ended with a report
+from ..options import click_option
+from ..types import VERDICTS, ExitCode, verdict_exit_code
 
 
 def _describe(run: dict[str, Any]) -> str:
@@ -55,9 +53,9 @@ def _number(value: float | str) -> str:
 @click.option("--token", envvar="GRADCHECK_TOKEN", help="Project token (or GRADCHECK_TOKEN).")
 @click.option("--wait", is_flag=True, help="Wait for the run to finish, showing progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run (with its report) as JSON.")
-@click.option("--mode", type=click.Choice(["full", "default", "fast"]), default=None)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-@click.option("--order", type=click.Choice(["1", "2"]), default=None)
+@click_option("mode", default=None)
+@click_option("device", default=None)
+@click_option("order", default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--options", "options_json", default=None, help="More options as JSON, e.g. '{\"fail_on\":[...]}'.")
 @click.option("--name", default=None, help="Model name (default: the spec's name or the file name).")
@@ -84,7 +82,7 @@ def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool
 
     def bad(message: str) -> None:
         click.echo(f"error: {message}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(ExitCode.BAD_INPUT)
 
     if not token:
         bad("no token: pass --token or set GRADCHECK_TOKEN (gradcheck-service token create --project NAME)")
@@ -122,7 +120,7 @@ def submit(path: Path, server: str, token: str | None, wait: bool, as_json: bool
         bad(str(exc))
         return
     click.echo(json.dumps(run, indent=2) if as_json else _describe(run))
-    sys.exit(verdict_exit_code(run["status"], allow_inconclusive) if run["status"] in VERDICTS else EXIT_ERROR)
+    sys.exit(verdict_exit_code(run["status"], allow_inconclusive) if run["status"] in VERDICTS else ExitCode.ERROR)
 
 
 def _bundle(path: Path, include: tuple[str, ...]) -> Bundle:
@@ -161,3 +159,6 @@ def _wait(client: ServiceClient, run_id: str, poll: float, show: bool) -> dict[s
         time.sleep(poll)
 
 
+
+
+commands: list[click.Command] = [submit]

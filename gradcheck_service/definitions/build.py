@@ -17,8 +17,9 @@ from ..checks.loss import RandomProjection
 from . import layers as ly
 from . import spec as s
 from .base import Definition, DefinitionError
+from .layers import InitSpec
 from .shapes import Inference, infer
-from .spec import InitSpec, ModelSpec, SpecLimits, parse_spec
+from .spec import ModelSpec, SpecLimits, parse_spec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
 
@@ -31,7 +32,8 @@ class SpecModel(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        out: torch.Tensor = self.layers(x)
+        return out
 
 
 class Residual(nn.Module):
@@ -42,7 +44,8 @@ class Residual(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        out: torch.Tensor = x + self.body(x)
+        return out
 
 
 def _select(output: str, out: torch.Tensor, h: torch.Tensor, directions: int) -> torch.Tensor:

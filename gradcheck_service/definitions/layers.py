@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+
+from ..strict_json import StrictModel
 
 MAX_DIM = 2**31 - 1  # no tensor dimension, channel count or kernel may exceed what an int32 index can address
 
@@ -22,8 +24,10 @@ NonNegPair = Annotated[list[NonNegInt], Field(min_length=2, max_length=2)]
 AxisIndex = Annotated[int, Field(ge=-16, le=15)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class _Strict(StrictModel):
+    """A layer of a spec: types as written (no coercion of "3" to 3) and immutable once parsed."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
 
 
 # --- weight initialisation -------------------------------------------------------------------------------------

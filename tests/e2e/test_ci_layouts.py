@@ -24,7 +24,7 @@ import pytest
 from tests.e2e.ml_repository import clean_env
 from tests.e2e.repository_layouts import LayoutRepository
 from tests.integration.service_fixtures import Service, pg_url, redis_pg_service, redis_target  # noqa: F401
-from tests.service_support import ServiceProcess, cli, free_port, service_env, wait_until
+from tests.service_support import ServiceProcess, cli, free_port, service_env, wait_until_ready
 
 pytestmark = pytest.mark.e2e
 LAYOUTS = ("root_model", "src_package", "three_modules")
@@ -130,14 +130,6 @@ def _get(url: str, token: str) -> Any:
         return json.loads(body) if response.headers.get_content_type() == "application/json" else body.decode()
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-            return bool(json.loads(response.read())["status"] == "ready")
-    except OSError:
-        return False
-
-
 def _layout_flow(url: str, token: str, tmp_path: Path, layout: str) -> None:
     """A correct model passes on `main` with every file stored; a wider one on a branch is a regression."""
     env = clean_env(GRADCHECK_TOKEN=token)
@@ -213,7 +205,7 @@ def test_layouts_through_the_embedded_service(tmp_path: Path) -> None:
     server = ServiceProcess(["serve", "--port", str(port), "--workers", "1"], env, tmp_path / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(url), 90, "the embedded server to be ready")
+        wait_until_ready(url, 90, "the embedded server to be ready")
         _through_service(url, token, tmp_path)
     finally:
         server.stop()
@@ -229,7 +221,7 @@ def test_layouts_through_redis_postgresql_and_a_separate_worker(redis_pg_service
     worker = redis_pg_service.worker("layouts", "--concurrency", "2")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(url), 90, "the API to be ready")
+        wait_until_ready(url, 90, "the API to be ready")
         _through_service(url, token, tmp_path)
     finally:
         server.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.ml_repository import ALL_MODELS, CORRECT_MODELS, MLRepository, clean_env, model_table
-from tests.service_support import ServiceProcess, cli, free_port, service_env, wait_until
+from tests.service_support import ServiceProcess, cli, free_port, service_env, wait_until_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -174,14 +174,6 @@ def _api(url: str, token: str) -> dict:  # type: ignore[type-arg]
         return dict(json.loads(response.read()))
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(json.loads(response.read())["status"] == "ready")
-    except OSError:
-        return False
-
-
 def test_ci_against_a_live_service(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = service_env(DATA_DIR=str(data_dir))
@@ -193,7 +185,7 @@ def test_ci_against_a_live_service(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     ci_env = clean_env(GRADCHECK_TOKEN=token)
     try:
-        wait_until(lambda: _ready(port), 90, "the embedded server to be ready")
+        wait_until_ready(port, 90, "the embedded server to be ready")
         repo = MLRepository(tmp_path / "repo")
 
         # The base branch: its runs become the baseline of later branches.

@@ -53,7 +53,7 @@ def fresh_pg_database() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A migrated database for the session."""
-    from gradcheck_service.store.migrate import upgrade
+    from gradcheck_service.service.store.migrate import upgrade
 
     with fresh_pg_database() as url:
         upgrade(url)
@@ -94,7 +94,7 @@ class Service:
         return service_env(**{**self.settings, **overrides})
 
     def app(self) -> Any:
-        from gradcheck_service.app import create_app
+        from gradcheck_service.service.app import create_app
 
         return create_app({"TESTING": True, **self.settings})
 

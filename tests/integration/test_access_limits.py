@@ -86,7 +86,7 @@ class Gunicorn:
 def gunicorn(redis_target: RedisTarget, tmp_path: Path) -> Iterator[Gunicorn]:
     """``gunicorn -w 3`` serving ``create_app()`` with a rate limit and a queue quota; no check worker runs, so
     submitted runs stay queued."""
-    from gradcheck_service.store.migrate import upgrade
+    from gradcheck_service.service.store.migrate import upgrade
 
     with fresh_pg_database() as database_url:
         upgrade(database_url)
@@ -99,7 +99,7 @@ def gunicorn(redis_target: RedisTarget, tmp_path: Path) -> Iterator[Gunicorn]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", "3", "--worker-class", "gthread", "--threads", "4",
              "--bind", f"127.0.0.1:{port}", "--access-logfile", str(access_log),
-             "--access-logformat", "%(p)s %(s)s %(m)s %(U)s", "gradcheck_service.app:create_app()"],
+             "--access-logformat", "%(p)s %(s)s %(m)s %(U)s", "gradcheck_service.service.app:create_app()"],
             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         server = Gunicorn(f"http://127.0.0.1:{port}", env, access_log, database_url)
         try:
@@ -151,7 +151,7 @@ def test_rate_limit_and_queue_quota_hold_across_three_gunicorn_workers(gunicorn:
 
 
 def test_tokens_only_as_hashes_in_a_database_dump_and_revoked_is_401(gunicorn: Gunicorn) -> None:
-    from gradcheck_service.store.tokens import hash_token
+    from gradcheck_service.service.store.tokens import hash_token
 
     tokens = [gunicorn.token(f"dump-{i}") for i in range(3)]
     for token in tokens:  # used, so last_used_at and the runs are written too

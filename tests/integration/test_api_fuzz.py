@@ -49,9 +49,9 @@ def fuzz_target(pg_url: str, redis_target: RedisTarget, tmp_path_factory: pytest
                 ) -> Iterator[FuzzTarget]:
     """The real app on the session's PostgreSQL database and Redis, with a project token (no worker: runs stay
     queued), and one finished run so the run routes also meet an id that exists."""
-    from gradcheck_service.app import create_app
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.tokens import create_token
+    from gradcheck_service.service.app import create_app
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.tokens import create_token
 
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     app = create_app({"TESTING": True, "DATABASE_URL": pg_url, "BROKER_URL": redis_target.url, "DATA_DIR": str(tmp),
@@ -74,8 +74,8 @@ def _documented_operations() -> list[tuple[str, str, GenerationMode]]:
     negative mode (data that violates the document) only where the operation takes any input."""
     import tempfile
 
-    from gradcheck_service.api.openapi import build_document
-    from gradcheck_service.app import create_app
+    from gradcheck_service.service.api.openapi import build_document
+    from gradcheck_service.service.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app({"DATA_DIR": tmp, "SECRET_KEY": "collection"})

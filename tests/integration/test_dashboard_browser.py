@@ -64,7 +64,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flask, Seed
     seeded = seed(app)
     with serve(app) as base:
         yield app, seeded, base
-    from gradcheck_service.extensions import store
+    from gradcheck_service.service.extensions import store
 
     store.session.remove()
 
@@ -246,8 +246,8 @@ def test_model_history_charts(page: Page) -> None:
 def test_a_nearly_flat_history_has_distinct_tick_labels(browser: Any, site: tuple[Flask, Seeded, str]) -> None:
     import copy
 
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.tokens import create_token
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.tokens import create_token
     from tests.dashboard_support import _finish, _submit, mlp_spec, real_report
 
     app, _, base = site

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from gradcheck_service.store.models import Project, Run, RunReport, TensorResult
+from gradcheck_service.service.store.models import Project, Run, RunReport, TensorResult
 from tests.integration.private_servers import private_postgres, private_redis
 from tests.integration.service_fixtures import RedisTarget, Service
 from tests.integration.test_service_redis_pg import Api
@@ -222,7 +222,7 @@ def test_postgresql_stopped_api_answers_503_and_the_worker_retries_the_report(re
                                                                              tmp_path: Path) -> None:
     """PostgreSQL goes away while a check runs: the API answers 503 JSON, the worker keeps the finished report
     and writes it when the database is back -- the same attempt, not a second run of the check."""
-    from gradcheck_service.store.migrate import upgrade
+    from gradcheck_service.service.store.migrate import upgrade
 
     with private_postgres() as postgres:
         upgrade(postgres.url)
@@ -255,8 +255,8 @@ def test_postgresql_stopped_api_answers_503_and_the_worker_retries_the_report(re
 
 def test_report_table_refuses_a_second_report(pg_url: str, tmp_path: Path) -> None:
     """The unique constraint the ledger checks rely on: a second report row for a run is an integrity error."""
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.lifecycle import claim_run, finish_run
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.lifecycle import claim_run, finish_run
     from tests.service_support import real_report
 
     project = f"unique-{uuid.uuid4().hex[:6]}"
@@ -282,8 +282,8 @@ def test_reaper_requeues_a_message_lost_between_redis_and_the_worker(pg_url: str
     queued forever with no trace in Redis. The queue is FIFO: a later run started long ago proves the loss."""
     import datetime as dt
 
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.lifecycle import reap_stale_runs
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.lifecycle import reap_stale_runs
 
     project = f"lost-{uuid.uuid4().hex[:6]}"
     api = Api(Service({"DATABASE_URL": pg_url, "BROKER_URL": "redis://127.0.0.1:1/0", "DATA_DIR": str(tmp_path)},

@@ -16,10 +16,18 @@ from typing import Any
 import pytest
 import redis
 
-from gradcheck_service.extensions import machine_has_cuda
+from gradcheck_service.service.extensions import machine_has_cuda
 from tests.integration.service_fixtures import Service
 from tests.integration.test_service_redis_pg import Api
-from tests.service_support import ServiceProcess, cli, free_port, service_env, spec, wait_until
+from tests.service_support import (
+    ServiceProcess,
+    cli,
+    free_port,
+    service_env,
+    spec,
+    wait_until,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -76,14 +84,6 @@ def test_a_cuda_run_waits_for_a_gpu_worker_and_never_runs_on_a_cpu_worker(redis_
     assert "Traceback" not in worker.output(), worker.output()[-3000:]
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(json.loads(response.read())["status"] == "ready")
-    except OSError:
-        return False
-
-
 def _post(url: str, token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
@@ -108,7 +108,7 @@ def test_the_embedded_worker_takes_cuda_runs_only_where_the_machine_has_cuda(tmp
     port = free_port()
     server = ServiceProcess(["serve", "--port", str(port), "--workers", "1"], env, tmp_path / "serve.log")
     try:
-        wait_until(lambda: _ready(port), 90, "the embedded server to be ready")
+        wait_until_ready(port, 90, "the embedded server to be ready")
         runs = f"http://127.0.0.1:{port}/api/v1/runs"
         status, on_gpu = _post(runs, token, {"spec": spec(), "options": {"device": "cuda"}})
         assert status == 202 and on_gpu["queue"] == "gpu", on_gpu

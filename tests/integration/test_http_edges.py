@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from gradcheck_service.store.tokens import create_token
+from gradcheck_service.service.store.tokens import create_token
 from tests.service_support import (
     ROOT,
     ServiceProcess,
@@ -217,7 +217,7 @@ def test_the_deployment_configuration_answers_json_too(tmp_path: Path) -> None:
     env = {**service_env(DATA_DIR=str(tmp_path)), "GRADCHECK_BIND": f"127.0.0.1:{port}", "GRADCHECK_HTTP_WORKERS": "1"}
     with (tmp_path / "gunicorn.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-                                 "gradcheck_service.app:create_app()"], env=env, cwd=ROOT, stdout=log,
+                                 "gradcheck_service.service.app:create_app()"], env=env, cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deployed = Server(port)

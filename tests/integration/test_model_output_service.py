@@ -7,41 +7,23 @@ The file runs in the sandboxed child; its prints (at build time, in forward, fro
 from __future__ import annotations
 
 import html
-import http.cookiejar
 import json
-import re
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.service_support import ServiceProcess, cli, free_port, service_env, wait_until
+from tests.service_support import (
+    ServiceProcess,
+    cli,
+    free_port,
+    service_env,
+    signed_in_opener,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.integration
 
 PRINTING_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "printing_model.py"
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(json.loads(response.read())["status"] == "ready")
-    except OSError:
-        return False
-
-
-def _signed_in(url: str, token: str) -> urllib.request.OpenerDirector:
-    """A browser-like opener holding a dashboard session (the login form with its CSRF token)."""
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-    with opener.open(f"{url}/login", timeout=10) as response:
-        page = response.read().decode()
-    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
-    assert match, page[:2000]
-    form = urllib.parse.urlencode({"csrf_token": match.group(1), "token": token}).encode()
-    with opener.open(f"{url}/login", data=form, timeout=10) as response:
-        assert response.status == 200
-    return opener
 
 
 def test_prints_of_a_model_file_land_in_the_report_and_on_the_run_page(tmp_path: Path) -> None:
@@ -56,7 +38,7 @@ def test_prints_of_a_model_file_land_in_the_report_and_on_the_run_page(tmp_path:
     port = free_port()
     server = ServiceProcess(["serve", "--port", str(port), "--workers", "1"], env, tmp_path / "serve.log")
     try:
-        wait_until(lambda: _ready(port), 90, "the embedded server to be ready")
+        wait_until_ready(port, 90, "the embedded server to be ready")
         url = f"http://127.0.0.1:{port}"
 
         def submit(path: Path) -> dict:  # type: ignore[type-arg]
@@ -71,7 +53,7 @@ def test_prints_of_a_model_file_land_in_the_report_and_on_the_run_page(tmp_path:
                      "forward on stderr", "forward at the fd level"):
             assert text in output, output
 
-        page = _signed_in(url, token).open(f"{url}/runs/{run['id']}", timeout=10).read().decode()
+        page = signed_in_opener(url, token).open(f"{url}/runs/{run['id']}", timeout=10).read().decode()
         section = page.split('id="model-output"', 1)[1].split("</section>", 1)[0]
         assert "<details>" in section and "forward at the fd level" in section
         assert html.escape("model built <b>as text</b>", quote=False) in section and "<b>as text" not in section

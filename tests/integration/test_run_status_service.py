@@ -16,10 +16,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from gradcheck_service.store.migrate import downgrade, upgrade
+from gradcheck_service.service.store.migrate import downgrade, upgrade
 from tests.integration.service_fixtures import fresh_pg_database
-from tests.integration.test_model_output_service import _ready, _signed_in
-from tests.service_support import ServiceProcess, cli, free_port, service_env, wait_until
+from tests.service_support import (
+    ServiceProcess,
+    cli,
+    free_port,
+    service_env,
+    signed_in_opener,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +75,7 @@ class Server:
             return strict_loads(response.read())
 
     def page(self, path: str) -> str:
-        return str(_signed_in(self.url, self.token).open(f"{self.url}{path}", timeout=10).read().decode())
+        return str(signed_in_opener(self.url, self.token).open(f"{self.url}{path}", timeout=10).read().decode())
 
 
 @pytest.fixture
@@ -82,7 +88,7 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
     process = ServiceProcess(["serve", "--port", str(port), "--workers", "1", "--worker"], env,
                              tmp_path / "serve.log")
     try:
-        wait_until(lambda: _ready(port), 90, "the server to be ready")
+        wait_until_ready(port, 90, "the server to be ready")
         yield Server(f"http://127.0.0.1:{port}", made.stdout.strip().splitlines()[-1], env, database_url)
     finally:
         process.stop()

@@ -7,13 +7,11 @@ completes a normal run. Small limits keep the corpus fast: wall 10 s, CPU 5 s, 3
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,18 @@ from typing import Any
 import pytest
 
 from gradcheck_service.ci.client import ServiceClient
-from tests.service_support import ROOT, ServiceProcess, cli, free_port, service_env, wait_until
+from tests.service_support import (
+    CORRECT_MODEL,
+    ROOT,
+    ServiceProcess,
+    cli,
+    free_port,
+    processes_left_behind,
+    require_bubblewrap,
+    service_env,
+    wait_until,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +55,6 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "fork_bomb.py": ("process_limit", "more than 64 processes"),
     "flood_stdout.py": ("file_size_limit", "16,777,216 bytes"),
 }
-
-CORRECT_MODEL = '''
-import torch
-from torch import nn
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double(), torch.randn(4, 3, dtype=torch.float64)
-'''
-
 
 def test_corpus_covers_every_hostile_file() -> None:
     assert sorted(EXPECTED) == sorted(p.name for p in HOSTILE.glob("*.py"))
@@ -83,25 +82,9 @@ class LiveService:
                                timeout, f"run {run_id} to finish", interval=0.2))
 
 
-def _require_bubblewrap() -> None:
-    if shutil.which("bwrap") is None:
-        message = "bubblewrap (bwrap) is not installed: the sandbox cannot be tested"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: apt-get install bubblewrap)")
-        pytest.skip(message)
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-            return bool(json.loads(response.read())["status"] == "ready")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    _require_bubblewrap()
+    require_bubblewrap()
     tmp = tmp_path_factory.mktemp("hostile")
     data_dir = tmp / "data"
     secret_key = "sk-" + os.urandom(12).hex()
@@ -116,7 +99,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     server = ServiceProcess(["serve", "--port", str(port), "--workers", "1"], env, tmp / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(url), 120, "the embedded service to be ready")
+        wait_until_ready(url, 120, "the embedded service to be ready")
         # (the data directory itself is no secret here: the hostile files are told its path and echo it back)
         secrets = [token, secret_key, env["AWS_SECRET_ACCESS_KEY"], env["CI_JOB_TOKEN"], "GRADCHECK_",
                    "sqla+sqlite", "sqlite:///"]
@@ -124,23 +107,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     finally:
         server.stop()
         shutil.rmtree(other_job, ignore_errors=True)
-
-
-def _left_behind(run_id: str) -> list[str]:
-    """Processes whose command line names the run's job directory (``/tmp/gradcheck-<id[:12]>-...``): bwrap, the
-    runner, and anything they forked (a fork inherits its parent's command line)."""
-    marker = f"gradcheck-{run_id[:12]}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker in cmdline:
-                shown = cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]
-                found.append(f"{entry.name}: {shown}")
-    return found
 
 
 def _source(name: str, live: LiveService) -> str:
@@ -169,7 +135,7 @@ def test_hostile_model_is_contained(live: LiveService, name: str) -> None:
     assert not leaked, f"the error message leaks {leaked}: {error['message']}"
     assert run["timings"]["run_s"] <= WALL_S + SLACK_S, run["timings"]
     assert time.monotonic() - started <= WALL_S + SLACK_S + 30  # queueing included; the worker is not wedged
-    assert _left_behind(run_id) == []
+    assert processes_left_behind(run_id) == []
 
     # The worker is still serving: the next run (a model file, sandboxed too) completes normally.
     next_id = live.submit(CORRECT_MODEL, "correct.py")

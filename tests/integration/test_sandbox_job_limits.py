@@ -24,8 +24,18 @@ import pytest
 
 from gradcheck_service.ci.client import ServiceClient
 from tests.integration.service_fixtures import RedisTarget, Service
-from tests.integration.test_sandbox_hostile import CORRECT_MODEL, _left_behind, _ready, _require_bubblewrap
-from tests.service_support import ROOT, ServiceProcess, cli, free_port, service_env, wait_until
+from tests.service_support import (
+    CORRECT_MODEL,
+    ROOT,
+    ServiceProcess,
+    cli,
+    free_port,
+    processes_left_behind,
+    require_bubblewrap,
+    service_env,
+    wait_until,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +72,7 @@ def _embedded(tmp: Path) -> Iterator[Backend]:
     client_of = ServiceClient(url, made.stdout.strip().splitlines()[-1])
     server = ServiceProcess(["serve", "--port", str(port), "--workers", "1"], env, tmp / "serve.log")
     try:
-        wait_until(lambda: _ready(url), 120, "the embedded service to be ready")
+        wait_until_ready(url, 120, "the embedded service to be ready")
         yield Backend(lambda source, name: _submit(client_of, tmp, source, name), client_of.run, [server])
     finally:
         server.stop()
@@ -80,7 +90,7 @@ def _redis_pg(tmp: Path, pg_url: str, redis: RedisTarget) -> Iterator[Backend]:
     try:
         worker = service.worker("joblimits", "--concurrency", "2")
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _ready(url), 120, "the API to be ready")
+        wait_until_ready(url, 120, "the API to be ready")
         client_of = ServiceClient(url, made.stdout.strip().splitlines()[-1])
         yield Backend(lambda source, name: _submit(client_of, tmp, source, name), client_of.run, [api, worker])
     finally:
@@ -97,7 +107,7 @@ def _submit(client: ServiceClient, tmp: Path, source: str, name: str) -> str:
 
 @pytest.fixture(scope="module", params=["embedded", "redis_pg"])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    _require_bubblewrap()
+    require_bubblewrap()
     tmp = tmp_path_factory.mktemp(f"joblimits-{request.param}")
     if request.param == "embedded":
         made = _embedded(tmp)
@@ -159,7 +169,7 @@ def _hostile_beside_normal(backend: Backend, name: str,
           f"beside it {normal['timings']['run_s']:.1f} s, usual {backend.usual_s:.1f} s")  # figures for the log
     assert normal["status"] == "passed", normal
     assert float(normal["timings"]["run_s"]) <= 2 * backend.usual_s, (normal["timings"], backend.usual_s)
-    assert _left_behind(hostile_id) == []
+    assert processes_left_behind(hostile_id) == []
     assert _job_cgroups(hostile_id) == []
     assert backend.alive()
     return hostile, normal

@@ -6,7 +6,6 @@ Driven entirely through the command line, as a new user would: make a token, ser
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from gradcheck_service.store.migrate import head_revision, upgrade
-from gradcheck_service.store.models import Base
-from tests.service_support import BUGGY_MODEL, ROOT, ServiceProcess, cli, free_port, service_env, wait_until
+from gradcheck_service.service.store.migrate import head_revision, upgrade
+from gradcheck_service.service.store.models import Base
+from tests.service_support import (
+    BUGGY_MODEL,
+    ROOT,
+    ServiceProcess,
+    cli,
+    free_port,
+    service_env,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +48,6 @@ def test_migrations_from_empty_to_head_on_sqlite(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(json.loads(response.read())["status"] == "ready")
-    except OSError:
-        return False
-
-
 def test_embedded_serve_token_submit_wait(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = service_env(DATA_DIR=str(data_dir))
@@ -61,7 +60,7 @@ def test_embedded_serve_token_submit_wait(tmp_path: Path) -> None:
     server = ServiceProcess(["serve", "--port", str(port), "--workers", "1"],
                             {**env, "GRADCHECK_PROBE_SECRET": "do-not-leak"}, tmp_path / "serve.log")
     try:
-        wait_until(lambda: _ready(port), 90, "the embedded server to be ready")
+        wait_until_ready(port, 90, "the embedded server to be ready")
         url = f"http://127.0.0.1:{port}"
 
         def submit(path: Path | str, *args: str, tok: str = token):  # type: ignore[no-untyped-def]

@@ -13,8 +13,8 @@ from alembic.migration import MigrationContext
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, inspect
 
-from gradcheck_service.store.migrate import head_revision, upgrade
-from gradcheck_service.store.models import Base
+from gradcheck_service.service.store.migrate import head_revision, upgrade
+from gradcheck_service.service.store.models import Base
 from tests.integration.service_fixtures import Service, fresh_pg_database
 from tests.service_support import BUGGY_MODEL, SLOW_MODEL, spec, wait_until
 
@@ -42,8 +42,8 @@ class Api:
     """The in-process API of one test, with a project token."""
 
     def __init__(self, service: Service, project: str = "team") -> None:
-        from gradcheck_service.extensions import store
-        from gradcheck_service.store.tokens import create_token
+        from gradcheck_service.service.extensions import store
+        from gradcheck_service.service.store.tokens import create_token
 
         self.app = service.app()
         self.client: FlaskClient = self.app.test_client()

@@ -12,15 +12,7 @@ import pytest
 
 from tests.e2e.triton_repository import TritonRepository, triton_env
 from tests.fixtures.triton_models import require_triton
-from tests.service_support import (
-    ServiceProcess,
-    api_get,
-    cli,
-    free_port,
-    service_env,
-    service_ready,
-    wait_until,
-)
+from tests.service_support import ServiceProcess, api_get, cli, free_port, service_env, wait_until_ready
 
 require_triton()
 
@@ -55,7 +47,7 @@ def test_kernel_repository_through_the_embedded_service(tmp_path: Path) -> None:
                             {**env, "KERNEL_REGISTRY_TOKEN": "do-not-leak"}, tmp_path / "serve.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: service_ready(url), 90, "the embedded server to be ready")
+        wait_until_ready(url, 90, "the embedded server to be ready")
         done = repo.ci("--server", url, env=triton_env(GRADCHECK_TOKEN=token))
         assert done.returncode == 1, done.stdout + done.stderr
         runs = {r["model"]["name"]: r for r in api_get(f"{url}/api/v1/runs?branch=main", token)["runs"]}

@@ -28,15 +28,15 @@ class Project:
 
 @pytest.fixture
 def api_app(tmp_path: Path) -> Iterator[Flask]:
-    from gradcheck_service.app import create_app
-    from gradcheck_service.store.migrate import upgrade
+    from gradcheck_service.service.app import create_app
+    from gradcheck_service.service.store.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'service.sqlite3'}"
     upgrade(url)
     app = create_app({"TESTING": True, "DATA_DIR": str(tmp_path), "DATABASE_URL": url,
                       "BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}", "MAX_CONTENT_LENGTH": 256 * 1024})
     yield app
-    from gradcheck_service.extensions import store
+    from gradcheck_service.service.extensions import store
 
     store.session.remove()
 
@@ -47,8 +47,8 @@ def client(api_app: Flask) -> FlaskClient:
 
 
 def _project(app: Flask, name: str) -> Project:
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.tokens import create_token
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.tokens import create_token
 
     with app.app_context():
         session = store.session()
@@ -69,8 +69,8 @@ def other_project(api_app: Flask) -> Project:
 
 def finish_with_report(app: Flask, run_id: str, report: dict[str, Any]) -> None:
     """Store ``report`` for a queued run exactly as a worker does (claim, then finish)."""
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.lifecycle import claim_run, finish_run, run_status
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.lifecycle import claim_run, finish_run, run_status
 
     with app.app_context():
         session = store.session()

@@ -100,8 +100,8 @@ def test_openapi_describes_the_archive(client: FlaskClient) -> None:
 
 def test_environment_lists_what_each_started_worker_recorded(api_app: Flask, client: FlaskClient,
                                                              project: Project) -> None:
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.lifecycle import record_worker_environment
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.lifecycle import record_worker_environment
 
     assert client.get("/api/v1/environment", headers=project.headers).get_json() == {"workers": []}
     with api_app.app_context():
@@ -136,7 +136,7 @@ def test_file_names_with_bidi_controls_are_shown_escaped(api_app: Flask, client:
 ])
 def test_exactly_one_of_model_and_archive_as_the_openapi_document_says(api_app: Flask, client: FlaskClient,
                                                                       project: Project, fields: dict[str, Any]) -> None:
-    from gradcheck_service.api.openapi import build_document
+    from gradcheck_service.service.api.openapi import build_document
 
     with api_app.app_context():
         form = build_document(api_app)["paths"]["/api/v1/runs"]["post"]["requestBody"]["content"][

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gradcheck_service.app import create_app
+from gradcheck_service.service.app import create_app
 from tests.unit.service_api import Project
 
 
@@ -81,10 +81,10 @@ def test_readiness_reports_an_unreachable_broker(tmp_path) -> None:  # type: ign
 
 
 def test_submission_while_the_broker_is_down_is_503_and_the_run_is_not_left_queued(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.migrate import upgrade
-    from gradcheck_service.store.models import Run
-    from gradcheck_service.store.tokens import create_token
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.migrate import upgrade
+    from gradcheck_service.service.store.models import Run
+    from gradcheck_service.service.store.tokens import create_token
     from tests.service_support import spec
 
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"

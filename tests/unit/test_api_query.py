@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gradcheck_service.api.schemas import Comparison, ModelList, RunOut, RunPage
+from gradcheck_service.service.api.schemas import Comparison, ModelList, RunOut, RunPage
 from tests.service_support import BUGGY_MODEL, real_report, spec
 from tests.unit.service_api import Project, finish_with_report
 
@@ -49,8 +49,8 @@ def test_finished_run_has_report_and_queryable_figures(api_app: Flask, client: F
     assert run["summary"]["peak_bytes"] == failing_report["memory"]["peak_bytes"] > 0
     assert run["summary"]["total_gradient_norm"] == pytest.approx(failing_report["gradient_norms"]["total_norm"])
     assert run["timings"]["check_s"] == pytest.approx(failing_report["timings"]["total_s"])
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.models import GradientStat, TensorResult
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import GradientStat, TensorResult
 
     with api_app.app_context():
         session = store.session()
@@ -150,8 +150,8 @@ def test_models_compare_definition_delete(api_app: Flask, client: FlaskClient, p
     assert client.delete(f"/api/v1/runs/{bad}", headers=project.headers).status_code == 204
     assert client.get(f"/api/v1/runs/{bad}", headers=project.headers).status_code == 404
     assert client.delete(f"/api/v1/runs/{bad}", headers=project.headers).status_code == 404
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.models import RunReport, TensorResult
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import RunReport, TensorResult
 
     with api_app.app_context():
         assert store.session().get(RunReport, bad) is None
@@ -204,9 +204,9 @@ def test_token_required(api_app: Flask, client: FlaskClient, project: Project, m
 
 def test_revoked_token_is_refused_and_only_hashes_are_stored(api_app: Flask, client: FlaskClient,
                                                             project: Project) -> None:
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.models import ApiToken
-    from gradcheck_service.store.tokens import hash_token, revoke_token
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import ApiToken
+    from gradcheck_service.service.store.tokens import hash_token, revoke_token
 
     assert client.get("/api/v1/runs", headers=project.headers).status_code == 200
     with api_app.app_context():

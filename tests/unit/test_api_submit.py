@@ -10,10 +10,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from pydantic import ValidationError
 
-from gradcheck_service.api.schemas import RunOut
 from gradcheck_service.definitions.json_input import NOT_FINITE
-from gradcheck_service.extensions import machine_has_cuda
 from gradcheck_service.options import CheckOptions
+from gradcheck_service.service.api.schemas import RunOut
+from gradcheck_service.service.extensions import machine_has_cuda
 from tests.service_support import BUGGY_MODEL, spec
 from tests.unit.service_api import Project
 

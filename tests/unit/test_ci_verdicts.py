@@ -17,9 +17,10 @@ import pytest
 from gradcheck_service.ci.describe import failure_message
 from gradcheck_service.ci.gitmeta import GitMeta
 from gradcheck_service.ci.junit import junit_xml
-from gradcheck_service.ci.results import EXIT_FAILED, EXIT_PASSED, CiResult, ModelResult
+from gradcheck_service.ci.results import CiResult, ModelResult
 from gradcheck_service.ci.summary import markdown_summary
 from gradcheck_service.report import Report, report_json_schema
+from gradcheck_service.types import ExitCode
 from tests.service_support import real_report
 
 JOINT_REASON = "joint probes through the whole model failed: a wrong gradient arises between modules in 0"
@@ -111,7 +112,7 @@ def test_an_inconclusive_model_fails_the_job_unless_allowed_and_is_counted(passi
     result = ModelResult(name="net", path="net.py", status="inconclusive", report=_inconclusive(passing))
     ok = ModelResult(name="ok", path="ok.py", status="passed", report=passing)
     strict, allowed = _ci(result, ok), _ci(result, ok, allow_inconclusive=True)
-    assert (strict.exit_code, allowed.exit_code) == (EXIT_FAILED, EXIT_PASSED)
+    assert (strict.exit_code, allowed.exit_code) == (ExitCode.FAILED, ExitCode.PASSED)
 
     summary = markdown_summary(strict)
     assert summary.startswith("## ❔ gradcheck: 1 of 2 models inconclusive\n")

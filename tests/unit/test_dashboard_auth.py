@@ -110,8 +110,8 @@ def test_sign_out_needs_post_with_csrf(client: FlaskClient, project: Project) ->
 
 def test_revoking_the_token_ends_its_dashboard_sessions(api_app: Flask, client: FlaskClient,
                                                         project: Project) -> None:
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.tokens import list_tokens, revoke_token
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.tokens import list_tokens, revoke_token
 
     sign_in(client, project.token)
     assert client.get("/").status_code == 200

@@ -173,8 +173,8 @@ def test_chart_configs_are_embedded_as_data_not_code(api_app: Flask, client: Fla
 
 def test_queued_and_error_runs_have_no_report_sections(api_app: Flask, client: FlaskClient,
                                                        project: Project) -> None:
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.lifecycle import fail_run
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.lifecycle import fail_run
 
     queued = submit(client, project)
     broken = submit(client, project)
@@ -208,7 +208,7 @@ def test_unknown_paths_html_for_browsers_json_for_the_api(client: FlaskClient, p
 
 def test_a_crash_is_a_500_page_without_the_traceback(api_app: Flask, client: FlaskClient, project: Project,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from gradcheck_service.dashboard import charts
+    from gradcheck_service.service.dashboard import charts
 
     run_id = passed_run(api_app, client, project)
 
@@ -226,7 +226,7 @@ def test_a_crash_is_a_500_page_without_the_traceback(api_app: Flask, client: Fla
 def test_list_page_queries_stay_bounded_as_runs_grow(api_app: Flask, client: FlaskClient,
                                                      project: Project) -> None:
     """The same number of statements for 3 runs and for 3 pages' worth, each reading at most a page of runs."""
-    from gradcheck_service.extensions import store
+    from gradcheck_service.service.extensions import store
 
     api_app.config["PAGE_SIZE"] = 10
     sign_in(client, project.token)
@@ -275,10 +275,10 @@ def test_count_and_label_choices_are_bounded_reads(api_app: Flask, client: Flask
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import select
 
-    from gradcheck_service.dashboard import queries
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.models import Project as ProjectRow
-    from gradcheck_service.store.queries import RunFilters
+    from gradcheck_service.service.dashboard import queries
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import Project as ProjectRow
+    from gradcheck_service.service.store.queries import RunFilters
 
     for i in range(4):
         submit(client, project, name=f"m{i}", labels=[f"l{i}"])

@@ -10,10 +10,10 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gradcheck_service.dashboard import charts
-from gradcheck_service.dashboard.report_view import check_rows, readable_report
 from gradcheck_service.definitions.archive import pack
 from gradcheck_service.report import Report
+from gradcheck_service.service.dashboard import charts
+from gradcheck_service.service.dashboard.report_view import check_rows, readable_report
 from tests.dashboard_support import real_report
 from tests.service_support import TINY_SPEC
 from tests.unit.service_api import Project, finish_with_report

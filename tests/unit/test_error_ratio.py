@@ -88,8 +88,8 @@ def test_run_page_shows_the_ratio_column_in_agreement_with_the_verdicts(api_app:
 
 
 def test_the_ratio_is_stored_with_each_tensor_row(api_app: Flask, client: FlaskClient, project: Project) -> None:
-    from gradcheck_service.extensions import store
-    from gradcheck_service.store.models import TensorResult
+    from gradcheck_service.service.extensions import store
+    from gradcheck_service.service.store.models import TensorResult
 
     run_id = failed_run(api_app, client, project)
     sign_in(client, project.token)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gradcheck_service.jobs import jobgroup
+from gradcheck_service.service.jobs import jobgroup
 
 DETECTED, NOTES = jobgroup.detect()
 MECHANISMS = sorted({DETECTED, "watchdog"})

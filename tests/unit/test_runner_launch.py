@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gradcheck_service.jobs.launcher import ForkServerLauncher, SpawnLauncher, child_env
+from gradcheck_service.service.jobs.launcher import ForkServerLauncher, SpawnLauncher, child_env
 from tests.service_support import SLOW_MODEL, TINY_SPEC
 
 

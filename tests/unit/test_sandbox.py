@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from gradcheck_service import config as service_config
 from gradcheck_service.definitions import DefinitionError
-from gradcheck_service.jobs import sandbox
-from gradcheck_service.jobs.containment import classify_exception, classify_exit
-from gradcheck_service.jobs.execute import model_file_launcher
-from gradcheck_service.jobs.launcher import SandboxedLauncher
-from gradcheck_service.jobs.runner import execute
+from gradcheck_service.service import config as service_config
+from gradcheck_service.service.jobs import sandbox
+from gradcheck_service.service.jobs.containment import classify_exception, classify_exit
+from gradcheck_service.service.jobs.execute import model_file_launcher
+from gradcheck_service.service.jobs.launcher import SandboxedLauncher
+from gradcheck_service.service.jobs.runner import execute
 from tests.service_support import ROOT, TINY_SPEC
 
 FULL = sandbox.Isolation(bubblewrap=True, network_namespace=True, pid_namespace=True, readonly_filesystem=True,

@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gradcheck_service.jobs import scratch
+from gradcheck_service.service.jobs import scratch
 
 # A process that makes a job folder, says where, and waits to be killed.
 _OWNER = """
 import sys, time
-from gradcheck_service.jobs import scratch
+from gradcheck_service.service.jobs import scratch
 print(scratch.make("job", "abc-"), flush=True)
 time.sleep(60)
 """

@@ -65,6 +65,31 @@ def test_a_block_under_reentrant_checkpointing_is_checked_as_it_trains() -> None
     assert _compared_everything(report)
 
 
+class FrozenEmbeddingBeforeCheckpoint(nn.Module):
+    """Why ``enable_input_require_grads`` exists: a reentrant checkpoint whose inputs do not require grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 6).requires_grad_(False)
+        self.block = nn.Sequential(nn.Linear(6, 6), nn.GELU(), nn.Linear(6, 6))
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(checkpoint(self.block, self.embed(ids), use_reentrant=True))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_frozen_embedding_before_a_reentrant_checkpoint_fails_and_names_the_block() -> None:
+    torch.manual_seed(0)
+    report = check(FrozenEmbeddingBeforeCheckpoint(), torch.randint(0, 10, (3, 5)), health=False, memory=False)
+    assert report.verdict == "failed"
+    failing = {t.name for t in report.gradient_check.parameters if not t.passed}
+    assert failing == {"block.0.weight", "block.0.bias", "block.2.weight", "block.2.bias"}
+    assert report.localization.faulty_modules == ["block"]
+    (block,) = [m for m in report.localization.modules if m.module == "block"]
+    assert "no gradient reached its inputs" in (block.detail or "")
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_transformers_model_with_reentrant_gradient_checkpointing_passes() -> None:
     model, inputs, loss_fn = hf_models.gpt2()
@@ -86,6 +111,22 @@ def test_old_style_weight_norm_and_pruned_linears_are_checked() -> None:
     names = {t.name for t in report.gradient_check.parameters}
     assert {"0.weight_g", "0.weight_v", "2.weight_orig"} <= names
     assert _compared_everything(report)
+
+
+@pytest.mark.parametrize("spectral_norm", [nn.utils.spectral_norm, nn.utils.parametrizations.spectral_norm],
+                         ids=["hook", "parametrization"])
+def test_spectral_norm_in_train_mode_is_checked_with_its_power_iteration_held(spectral_norm) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    normed = spectral_norm(nn.Linear(6, 6))
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), normed, nn.Tanh(), nn.Linear(6, 2)).train()
+    vectors = {k: v.clone() for k, v in normed.state_dict().items() if k.endswith(("_u", "_v"))}
+    report = check(model, torch.randn(3, 4), health=False, memory=False)
+    assert report.verdict == "passed", (report.failed_because, report.inconclusive_because)
+    assert _compared_everything(report)
+    assert any("power-iteration vectors are held" in note for note in report.warnings)
+    # the user's model still iterates in train mode, from the vectors it had
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(normed.state_dict()[k], v) for k, v in vectors.items()) and vectors
 
 
 class SparseEmbeddings(nn.Module):

@@ -18,12 +18,12 @@ from flask import Request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..definitions import DefinitionError, json_input
-from ..definitions.archive import ArchiveError, member_path, read_archive
-from ..definitions.loader import parse_spec_text
-from ..definitions.shapes import infer
-from ..definitions.spec import json_path, parse_spec
-from ..options import CheckOptions
+from ...definitions import DefinitionError, json_input
+from ...definitions.archive import ArchiveError, member_path, read_archive
+from ...definitions.loader import parse_spec_text
+from ...definitions.shapes import infer
+from ...definitions.spec import json_path, parse_spec
+from ...options import CheckOptions
 from .errors import ApiError, validation_error
 from .schemas import RunMetadata, RunSubmission
 

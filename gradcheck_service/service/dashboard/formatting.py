@@ -9,21 +9,12 @@ from typing import Any
 
 from flask import Blueprint
 
-_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+from ...report import units
 
 
 def human_bytes(value: float | int | None) -> str:
-    """Bytes in binary units with three significant figures: 1536 -> '1.50 KiB'."""
-    if value is None:
-        return "–"
-    size = float(value)
-    sign = "-" if size < 0 else ""
-    size = abs(size)
-    for unit in _BYTE_UNITS:
-        if size < 1024 or unit == _BYTE_UNITS[-1]:
-            return f"{sign}{size:.0f} {unit}" if unit == "B" else f"{sign}{size:.3g} {unit}"
-        size /= 1024
-    return f"{value} B"  # pragma: no cover - the loop always returns
+    """Bytes in binary units with three significant figures: 1536 -> '1.50 KiB'; '–' where not measured."""
+    return "–" if value is None else units.human_bytes(value)
 
 
 def scientific(value: float | int | None, digits: int = 3) -> str:

@@ -1,34 +1,17 @@
-"""The versioned report of one check and its JSON Schema.
-
-Everything downstream (CLI, service database, dashboard, CI gate) reads this model, so fields are only ever added;
-a change that removes or renames one bumps ``SCHEMA_VERSION``'s major number. Its JSON is strict: a non-finite
-float is written as the string "NaN", "Infinity" or "-Infinity" and read back as the float (see ``strict_json``).
+"""The gradient-check sections: one verdict per compared tensor, the check as a whole, and the localization of
+a failure to the modules whose own backward is wrong.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
-from pydantic_core import core_schema
+from pydantic import Field
 
-from .checks.health import Diagnosis, GradientNorms
-from .checks.memory import MemoryProfile
-from .options import CheckOptions
-from .strict_json import NON_FINITE_STRINGS, REPORT_MODEL_CONFIG
-
-SCHEMA_VERSION = "1.0"
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "report.schema.json"
+from ..strict_json import ReportModel
 
 
-class _Model(BaseModel):
-    model_config = REPORT_MODEL_CONFIG
-
-
-class Coordinate(_Model):
+class Coordinate(ReportModel):
     """One compared coordinate (or one probe direction) with both derivative values."""
 
     index: list[int] = Field(description="Index into the tensor; empty for a whole-tensor probe.")
@@ -38,7 +21,7 @@ class Coordinate(_Model):
     tolerance: float = Field(description="Difference allowed here: safety factor x estimated FD error + floor.")
 
 
-class TensorCheck(_Model):
+class TensorCheck(ReportModel):
     """Verdict for one trainable parameter or float input."""
 
     name: str
@@ -82,7 +65,7 @@ class TensorCheck(_Model):
     note: str | None = None
 
 
-class InterpretedKernel(_Model):
+class InterpretedKernel(ReportModel):
     """A Triton kernel that ran in Triton's interpreter on CPU tensors during the check."""
 
     name: str = Field(description="The kernel's Python module and function, e.g. 'kernels.rmsnorm.rms_norm_backward'.")
@@ -93,7 +76,7 @@ class InterpretedKernel(_Model):
                            "and every cast down inside it; a kernel loading float64 into float32 says float32.")
 
 
-class GradientCheck(_Model):
+class GradientCheck(ReportModel):
     passed: bool
     mode: str
     order: int
@@ -123,7 +106,7 @@ class GradientCheck(_Model):
         "triton_interpreter option), with the precision each computed in.")
 
 
-class ModuleCheck(_Model):
+class ModuleCheck(ReportModel):
     """A submodule's own backward compared with finite differences of its own forward, at one call."""
 
     module: str = Field(description="Qualified name as in named_modules(); '' is the root module.")
@@ -143,7 +126,7 @@ class ModuleCheck(_Model):
                                    "'mylib.layers' (None for torch's own classes and for older reports).")
 
 
-class Localization(_Model):
+class Localization(ReportModel):
     performed: bool
     faulty_modules: list[str] = Field(default_factory=list)
     modules: list[ModuleCheck] = Field(default_factory=list)
@@ -153,84 +136,3 @@ class Localization(_Model):
     evaluations: int = Field(0, description="Forwards of single module calls the localization spent (each one "
                              "module's forward, not the model's).")
     note: str | None = None
-
-
-class Timings(_Model):
-    gradient_check_s: float = 0.0
-    localization_s: float = 0.0
-    health_s: float = 0.0
-    memory_s: float = 0.0
-    total_s: float = 0.0
-
-
-class ModelInfo(_Model):
-    name: str
-    type: str
-    parameters: int
-    trainable_parameters: int
-    dtype: str
-    device: str
-
-
-class Environment(_Model):
-    torch: str
-    python: str
-    platform: str
-
-
-class Report(_Model):
-    schema_version: str = SCHEMA_VERSION
-    passed: bool = Field(description="Gradient check passed and no diagnosis named in fail_on was found.")
-    verdict: Literal["passed", "failed", "inconclusive"] = Field(
-        "failed", description="passed; failed (failed_because says why); inconclusive: nothing wrong was found but "
-        "the check could not compare enough to say the gradients are right (inconclusive_because says why). "
-        "Inconclusive is not passing.")
-    failed_because: list[str] = Field(default_factory=list)
-    inconclusive_because: list[str] = Field(default_factory=list)
-    model: ModelInfo
-    options: CheckOptions
-    gradient_check: GradientCheck
-    localization: Localization
-    gradient_norms: GradientNorms | None = None
-    diagnosis: Diagnosis | None = None
-    memory: MemoryProfile | None = None
-    timings: Timings
-    environment: Environment
-    warnings: list[str] = Field(default_factory=list)
-    output: str | None = Field(
-        None, description="What the model's own code wrote to stdout and stderr while it was loaded, built and "
-        "run during the check (in the order written; at most about 64 KiB, the head and the tail around a line "
-        "saying how much was left out). None when it printed nothing or the report came from check() called "
-        "directly, which captures nothing."
-    )
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return self.model_dump_json(indent=indent)
-
-    def to_jsonable(self) -> dict[str, Any]:
-        """The report as plain JSON data (what the service stores), non-finite floats as their strings.
-
-        ``model_dump(mode="json")`` would keep NaN and infinities as floats, which a JSON column cannot hold."""
-        return dict(json.loads(self.model_dump_json()))
-
-
-class _StrictJsonSchema(GenerateJsonSchema):
-    """Float fields accept the strings a non-finite value is written as, so a report with NaN validates."""
-
-    def float_schema(self, schema: core_schema.FloatSchema) -> JsonSchemaValue:
-        number = super().float_schema(schema)
-        return {"anyOf": [number, {"enum": list(NON_FINITE_STRINGS)}]}
-
-
-def report_json_schema() -> dict:
-    return Report.model_json_schema(schema_generator=_StrictJsonSchema)
-
-
-def write_json_schema(path: Path = SCHEMA_PATH) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report_json_schema(), indent=2, sort_keys=True) + "\n")
-
-
-if __name__ == "__main__":  # python -m gradcheck_service.report: regenerate the committed JSON Schema
-    write_json_schema()
-    print(SCHEMA_PATH)

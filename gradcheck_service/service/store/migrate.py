@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from ... import PACKAGE_DIR
 from .db import make_engine
 
 
@@ -27,7 +28,7 @@ class MigrationsNotFound(RuntimeError):
 def migrations_dir() -> Path:
     override = os.environ.get("GRADCHECK_MIGRATIONS_DIR")
     candidates = [Path(override)] if override else []
-    candidates.append(Path(__file__).resolve().parents[2] / "migrations")
+    candidates.append(PACKAGE_DIR.parent / "migrations")
     for candidate in candidates:
         if (candidate / "env.py").is_file():
             return candidate

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 from flask import Flask
 from pydantic import BaseModel
 
-from .. import __version__
-from ..definitions import archive
+from ... import __version__
+from ...definitions import archive
 
 F = TypeVar("F", bound=Callable[..., Any])
 _REF = "#/components/schemas/{model}"

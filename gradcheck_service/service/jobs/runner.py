@@ -7,8 +7,8 @@ broker and is started with an environment that holds neither their URLs nor any 
 
 Two ways to start it (``GRADCHECK_RUNNER_MODE``):
 
-* ``python -m gradcheck_service.jobs.runner run JOB_DIR`` -- a fresh interpreter per check (``spawn``);
-* ``python -m gradcheck_service.jobs.runner serve`` -- a preloaded process (torch and the engine imported once) that
+* ``python -m gradcheck_service.service.jobs.runner run JOB_DIR`` -- a fresh interpreter per check (``spawn``);
+* ``python -m gradcheck_service.service.jobs.runner serve`` -- a preloaded process (torch and the engine imported once) that
   reads job directories on stdin and forks one child per job (``fork``, the default). The forked child starts its own
   session, so the worker can kill its whole process group, and :func:`contain` is where it drops privileges
   (the sandbox hardens this). The server itself runs no torch operation, so forking it is safe.
@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .. import strict_json
+from ... import strict_json
 
 RESULT = "result.json"
 PROGRESS = "progress.json"
@@ -96,7 +96,7 @@ def _contained(exc: BaseException, job_dir: Path, job: dict[str, Any]) -> dict[s
 def _missing_package(exc: Exception, local_dirs: list[Path]) -> dict[str, Any] | None:
     """The ``missing_package`` error when the model imports a module that is neither in the submitted files nor
     installed here: it names the module, says what this environment has, and where to list it."""
-    from ..definitions.pyfile import MissingModuleError
+    from ...definitions.pyfile import MissingModuleError
     from ..environment import installed_packages
 
     if not isinstance(exc, MissingModuleError):
@@ -130,10 +130,10 @@ def execute(job_dir: Path) -> dict[str, Any]:
     """Load the definition and run the check; every failure becomes an ``error`` result naming its cause."""
     from pydantic import ValidationError
 
-    from ..checks.engine import check
-    from ..definitions import DefinitionError, load_definition
-    from ..definitions.output_capture import CapturedOutput, output_or_none
-    from ..options import CheckOptions
+    from ...definitions import DefinitionError
+    from ...definitions.checking import check_definition
+    from ...definitions.output_capture import CapturedOutput
+    from ...options import CheckOptions
 
     job = _read_job(job_dir)
     progress = _Progress(job_dir / PROGRESS)
@@ -142,16 +142,13 @@ def execute(job_dir: Path) -> dict[str, Any]:
         options = CheckOptions.model_validate(job.get("options") or {})
     except ValidationError as exc:
         return _error("invalid_options", str(exc))
-    from ..triton_interpreter import use_interpreter
-
-    use_interpreter(options.triton_interpreter)  # in this sandboxed child, before the model's code imports Triton
     import_paths = [job_dir / p for p in job.get("pythonpath") or []]
     # What the model's code prints lands in the report (capped). It is written to OUTPUT in the job directory
     # while it runs, so that the launcher still finds it (e.g. an allocator's last words) if the child dies.
-    captured = CapturedOutput(job_dir / OUTPUT)
     try:
-        with captured:
-            definition = load_definition(str(job_dir / job["definition"]), import_paths)
+        report = check_definition(job_dir / job["definition"], import_paths, options, name=job.get("name"),
+                                  captured=CapturedOutput(job_dir / OUTPUT),
+                                  progress=lambda _terminal: contextlib.nullcontext(progress))
     except DefinitionError as exc:
         contained = _contained(exc, job_dir, job)
         if contained:
@@ -161,10 +158,6 @@ def execute(job_dir: Path) -> dict[str, Any]:
             return missing
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
         return _error("invalid_definition", str(exc), problems=problems)
-    try:
-        with captured:
-            report = check(definition.module, definition.inputs, definition.loss_fn, progress=progress,
-                           name=job.get("name") or definition.name, options=options)
     except Exception as exc:  # the model's own code raised: report it as the run's error, not a crash
         contained = _contained(exc, job_dir, job)
         if contained:
@@ -175,8 +168,6 @@ def execute(job_dir: Path) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
         return _error("check_failed", message)
     progress("done", 1.0)
-    captured.close()
-    report.output = output_or_none(captured.text)
     return {"report": report.to_jsonable()}
 
 
@@ -206,8 +197,8 @@ def _preload() -> None:
     """Import everything a check needs once, before any fork (no torch operation runs here)."""
     import torch  # noqa: F401
 
-    from ..checks import engine  # noqa: F401
-    from ..definitions import loader, pyfile, spec  # noqa: F401
+    from ...checks import engine  # noqa: F401
+    from ...definitions import loader, pyfile, spec  # noqa: F401
 
 
 def _fork_job(job_dir: Path) -> int:
@@ -263,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) == 2 and args[0] == "run":
         die_with_parent()
         return run_job(Path(args[1]))
-    print("usage: python -m gradcheck_service.jobs.runner run JOB_DIR | serve", file=sys.stderr)
+    print("usage: python -m gradcheck_service.service.jobs.runner run JOB_DIR | serve", file=sys.stderr)
     return 2
 
 

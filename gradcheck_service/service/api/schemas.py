@@ -6,9 +6,10 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
-from ..options import CheckOptions
+from ...options import CheckOptions
+from ...strict_json import StrictModel
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/=+@-]+$")]
 # A run's status (store.models.RUN_STATUSES): inconclusive is a finished check whose report's verdict is
@@ -16,17 +17,13 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"
 Status = Literal["queued", "running", "passed", "failed", "inconclusive", "error"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class GitInfo(_Strict):
+class GitInfo(StrictModel):
     repo: Annotated[str, Field(max_length=500)] | None = None
     branch: Annotated[str, Field(max_length=255)] | None = None
     commit: Annotated[str, Field(max_length=64, pattern=r"^[0-9A-Za-z._-]+$")] | None = None
 
 
-class RunMetadata(_Strict):
+class RunMetadata(StrictModel):
     """Optional facts about a submission; ``name`` defaults to the spec's name or the file name."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
@@ -38,7 +35,7 @@ class RunMetadata(_Strict):
     )
 
 
-class RunSubmission(_Strict):
+class RunSubmission(StrictModel):
     """JSON body of ``POST /api/v1/runs``. A Python model file is sent as multipart instead: field ``model``
     (the ``.py`` or ``.json`` file) plus optional fields ``options`` and ``metadata`` holding JSON text."""
 
@@ -59,7 +56,7 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 IsoDateTime = Annotated[dt.datetime, BeforeValidator(_iso_8601)]
 
 
-class RunQuery(_Strict):
+class RunQuery(StrictModel):
     """Filters of ``GET /api/v1/runs`` (query parameters); all optional and combined with AND, each given at most
     once."""
 

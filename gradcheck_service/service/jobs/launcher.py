@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ... import PACKAGE_DIR
 from . import jobgroup, runner, sandbox, scratch
 from .containment import classify_exit
 
@@ -47,7 +48,7 @@ class Outcome:
 def child_env(scratch: Path) -> dict[str, str]:
     env = {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
     env.setdefault("PATH", os.defpath)
-    package_root = str(Path(__file__).resolve().parents[2])
+    package_root = str(PACKAGE_DIR.parent)
     env.update({"HOME": str(scratch), "TMPDIR": str(scratch), "PYTHONPATH": package_root,
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"})
     return env
@@ -130,7 +131,7 @@ def _waited(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 
 
 class SpawnLauncher:
-    """A fresh ``python -m gradcheck_service.jobs.runner run JOB`` per check."""
+    """A fresh ``python -m gradcheck_service.service.jobs.runner run JOB`` per check."""
 
     sandboxed = False
 
@@ -138,7 +139,7 @@ class SpawnLauncher:
         self.limits: dict[str, Any] = {}  # the limits named in error messages
 
     def command(self, job_dir: Path) -> list[str]:
-        return [sys.executable, "-m", "gradcheck_service.jobs.runner", "run", str(job_dir)]
+        return [sys.executable, "-m", "gradcheck_service.service.jobs.runner", "run", str(job_dir)]
 
     def prepare(self, job_dir: Path) -> dict[str, str]:
         """Get the job directory ready for the child; returns the child's environment."""
@@ -325,7 +326,7 @@ class ForkServerLauncher:
             return self.proc
         self.home = scratch.make("home")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gradcheck_service.jobs.runner", "serve"], cwd=self.home,
+            [sys.executable, "-m", "gradcheck_service.service.jobs.runner", "serve"], cwd=self.home,
             env=child_env(self.home), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             bufsize=0, start_new_session=True, close_fds=True,
         )
@@ -347,7 +348,8 @@ class ForkServerLauncher:
                 return None
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
-        return json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def run(self, job_dir: Path, timeout_s: float, on_progress: Progress, *, heartbeat_s: float,
             max_bytes: int) -> Outcome:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kombu.transport import sqlalchemy
 
-TRANSPORT = "gradcheck_service.embedded_queue:EmbeddedTransport"
+TRANSPORT = "gradcheck_service.service.embedded_queue:EmbeddedTransport"
 PREFIX = "sqla+"
 
 

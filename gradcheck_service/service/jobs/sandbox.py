@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ... import PACKAGE_DIR
 from . import jobgroup
 from .scratch import folder as scratch_folder
 
@@ -64,7 +65,7 @@ class Limits:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Limits:
-        """The limits set by the ``GRADCHECK_SANDBOX_*`` settings (see :data:`gradcheck_service.config.DEFAULTS`);
+        """The limits set by the ``GRADCHECK_SANDBOX_*`` settings (see :data:`gradcheck_service.service.config.DEFAULTS`);
         job memory and CPU share left unset are sized for ``GRADCHECK_WORKER_CONCURRENCY`` jobs at once."""
         jobs = max(1, int(config.get("WORKER_CONCURRENCY") or 1))
         memory, cores = config.get("SANDBOX_MEMORY_BYTES"), config.get("SANDBOX_CPU_CORES")
@@ -148,7 +149,7 @@ def readonly_paths() -> list[str]:
 
     Only the package directory itself is bound, not the checkout around it (an editable install would otherwise
     show its ``.git``, configuration files and anything else next to it)."""
-    package_dir = str(Path(__file__).resolve().parents[1])
+    package_dir = str(PACKAGE_DIR)
     candidates = [*SYSTEM_DIRS, sys.base_prefix, sys.prefix, package_dir]
     for entry in sys.path:  # site-packages outside the prefixes; never the worker's cwd or its PYTHONPATH
         if os.path.basename(entry) in ("site-packages", "dist-packages") and os.path.isdir(entry):

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery, Task
 from flask import Flask
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from . import config as service_config
 from .embedded_queue import celery_broker

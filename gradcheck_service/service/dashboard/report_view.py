@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..report import Report
+from ...report import Report
 from ..store.models import Run
 
 _KIND_ORDER = {"parameter": 0, "input": 1, "second_order": 2}

@@ -20,8 +20,8 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery
 
+from ...definitions.archive import write_files
 from .. import config as service_config
-from ..definitions.archive import write_files
 from ..extensions import RUN_TASK, store
 from ..store.lifecycle import claim_run, fail_run, finish_run, heartbeat, reap_stale_runs
 from ..store.models import Run

@@ -1,4 +1,4 @@
-"""Service commands: ``serve``, ``worker``, ``token create|list|revoke``, ``submit``, ``db upgrade``.
+"""Service commands: ``serve``, ``worker``, ``token create|list|revoke``, ``db upgrade``, ``sandbox-check``.
 
 ``serve`` with nothing configured is the whole service on one machine: the API plus one embedded Celery worker, on
 SQLite files and kombu's SQLAlchemy (SQLite) queue under ``GRADCHECK_DATA_DIR``. With a Redis broker configured it
@@ -16,8 +16,7 @@ from typing import Any
 
 import click
 
-from .. import config as service_config
-from .submit import submit
+from . import config as service_config
 
 
 def _settings() -> dict[str, Any]:
@@ -41,7 +40,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def db_upgrade(revision: str) -> None:
     """Create or migrate the configured database (GRADCHECK_DATABASE_URL) to the latest schema."""
-    from ..store.migrate import upgrade
+    from .store.migrate import upgrade
 
     url = _settings()["DATABASE_URL"]
     try:
@@ -66,8 +65,8 @@ def token() -> None:
 
 
 def _session() -> Any:
-    from ..store.db import make_engine
-    from ..store.migrate import upgrade
+    from .store.db import make_engine
+    from .store.migrate import upgrade
 
     url = _settings()["DATABASE_URL"]
     try:
@@ -84,7 +83,7 @@ def _session() -> Any:
 @click.option("--name", default=None, help="A label for the token, e.g. the CI system using it.")
 def token_create(project: str, name: str | None) -> None:
     """Create a token; it is printed once, on the last line."""
-    from ..store.tokens import create_token
+    from .store.tokens import create_token
 
     with _session() as session:
         new = create_token(session, project, name)
@@ -97,7 +96,7 @@ def token_create(project: str, name: str | None) -> None:
 @click.option("--project", default=None, help="Only this project's tokens.")
 def token_list(project: str | None) -> None:
     """List tokens: id, project, name, prefix, created, last used, revoked."""
-    from ..store.tokens import list_tokens
+    from .store.tokens import list_tokens
 
     with _session() as session:
         rows = list_tokens(session, project)
@@ -114,7 +113,7 @@ def token_list(project: str | None) -> None:
 @click.argument("token_id", type=int)
 def token_revoke(token_id: int) -> None:
     """Revoke a token by its id (see `token list`); requests with it get 401 from then on."""
-    from ..store.tokens import revoke_token
+    from .store.tokens import revoke_token
 
     with _session() as session:
         done = revoke_token(session, token_id)
@@ -140,14 +139,14 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, hostname: s
     unknown = [q for q in names if q not in ("cpu", "gpu")]
     if not names or unknown:
         _fail(f"unknown queue {unknown[0] if unknown else queues!r}: use cpu, gpu or cpu,gpu")
-    from ..extensions import machine_has_cuda
+    from .extensions import machine_has_cuda
 
     if "gpu" in names and not machine_has_cuda():
         _fail("this machine has no usable CUDA device (or torch was built without CUDA): a gpu worker would take "
               "runs asking for device cuda and could not run them; use --queues cpu")
     settings = _settings()
     if settings["DATABASE_URL"].startswith("sqlite"):
-        from ..store.migrate import upgrade
+        from .store.migrate import upgrade
 
         upgrade(settings["DATABASE_URL"])
     from workers.celery_app import celery_app
@@ -179,7 +178,7 @@ def sandbox_check(as_json: bool) -> None:
     import json
     from dataclasses import asdict
 
-    from ..jobs import sandbox
+    from .jobs import sandbox
 
     settings = _settings()
     isolation = sandbox.self_test()
@@ -209,7 +208,7 @@ def sandbox_check(as_json: bool) -> None:
 def _embedded_worker(concurrency: int) -> subprocess.Popen[bytes]:
     """The embedded mode's worker: the same command a user would run, as a child of ``serve``. It takes the gpu
     queue too only where this machine has CUDA (the API refuses CUDA runs otherwise)."""
-    from ..extensions import machine_has_cuda
+    from .extensions import machine_has_cuda
 
     queues = "cpu,gpu" if machine_has_cuda() else "cpu"
     command = [sys.executable, "-m", "gradcheck_service.cli", "worker", "--queues", queues,
@@ -253,7 +252,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
 def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: bool) -> None:
     """Serve the API (and, with nothing configured, one embedded worker on SQLite)."""
-    from ..store.migrate import upgrade
+    from .store.migrate import upgrade
 
     settings = _settings()
     try:
@@ -270,11 +269,11 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
     owner = os.getpid()
     try:
         if dev:
-            from ..app import create_app
+            from .app import create_app
 
             create_app().run(host=host, port=port, threaded=True, use_reloader=False)
         else:
-            from ..gunicorn_app import run_gunicorn
+            from .gunicorn_app import run_gunicorn
 
             run_gunicorn(f"{host}:{port}", http_workers)
     finally:
@@ -284,4 +283,4 @@ def serve(host: str, port: int, http_workers: int, embedded: bool | None, dev: b
             _stop(worker_proc)
 
 
-commands: list[click.Command] = [serve, worker, token, submit, db, sandbox_check]
+commands: list[click.Command] = [serve, worker, token, db, sandbox_check]

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from .. import strict_json
+from ... import strict_json
 
 # How long a SQLite writer waits for another process's lock before failing, milliseconds. The API, the
 # embedded worker and the CLI write to the same file; WAL lets readers go on while one of them writes.
