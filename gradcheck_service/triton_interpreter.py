@@ -10,7 +10,7 @@ machine, or kernels imported before the interpreter was switched on), and record
 
 Note [Interpreter gaps]
 ~~~~~~~~~~~~~~~~~~~~~~~
-Two gaps of the interpreter (measured on Triton 3.9.0) stop real kernels that the compiler accepts:
+Four gaps of the interpreter (measured on Triton 3.9.0) break real kernels that the compiler accepts:
 
 1. A Python float argument stays a bare ``float`` (``eps.to(tl.float32)`` raises AttributeError), where the
    compiler passes it as an fp32 scalar. Bridged in ``_implicit_cvt``, which converts every launch argument.
@@ -19,9 +19,16 @@ Two gaps of the interpreter (measured on Triton 3.9.0) stop real kernels that th
    Bridged in ``_patch_lang``, which the interpreter runs before each kernel and device function: the stubs, and
    the kernel's globals bound to them, become the CUDA backend's libdevice functions (their dtype tables, as on a
    GPU), whose elementwise calls are computed with torch in the operand's dtype.
+3. A cast down to bfloat16 truncates float32 where the GPU rounds to nearest (one bfloat16 unit off), and reads a
+   float64 as bfloat16's bits (NaN and garbage: a kernel computing "float32, else bfloat16" in the promoted
+   model). Bridged in ``cast_impl``: torch rounds to bfloat16, to nearest with ties to even (from float64 through
+   float32, which differs from one rounding only on ties of the second).
+4. An autotuned kernel with several configurations is timed on the GPU's benchmarker before it runs, which the
+   interpreter has not ("0 active drivers"). Bridged in ``Autotuner.prune_configs``: launched on CPU tensors, it
+   keeps the first configuration, which then runs without being timed (the check covers that configuration).
 
-Both are applied only for :data:`BRIDGED_VERSIONS`, the range the ``[triton]`` extra pins; a test shows each gap in
-that range and the bridge closing it, so a Triton that closes a gap tells the test suite the bridge can go.
+All four are applied only for :data:`BRIDGED_VERSIONS`, the range the ``[triton]`` extra pins; a test shows each
+gap in that range and the bridge closing it, so a Triton that closes a gap tells the test suite the bridge can go.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ if TYPE_CHECKING:
 
 Setting = Literal["auto", "on", "off"]
 
-# Triton releases (major, minor) whose interpreter has both gaps of Note [Interpreter gaps].
+# Triton releases (major, minor) whose interpreter has the gaps of Note [Interpreter gaps].
 BRIDGED_VERSIONS = ((3, 9),)
 
 _state: dict[str, Any] = {"setting": "auto", "hooked": False, "bridged": False}
@@ -123,6 +130,8 @@ def install_bridges() -> bool:
 
     _bridge_float_arguments(interpreter)
     _bridge_libdevice(interpreter)
+    _bridge_bfloat16_casts(interpreter)
+    _bridge_autotuning()
     _state["bridged"] = True
     return True
 
@@ -265,6 +274,40 @@ def _libdevice() -> dict[str, Callable[..., Any]]:
     }
 
 
+# -- gap 3: bfloat16 casts -----------------------------------------------------------------------------------------
+
+def _bridge_bfloat16_casts(interpreter: Any) -> None:
+    import numpy as np
+    import torch
+    import triton.language as tl
+
+    cast = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_impl(builder: Any, src: Any, dst_type: Any) -> Any:
+        if dst_type.scalar == tl.bfloat16 and src.dtype.scalar in (tl.float32, tl.float64):
+            rounded = torch.from_numpy(np.array(src.data, copy=True)).to(torch.bfloat16)  # to nearest, ties to even
+            return interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), tl.bfloat16)
+        return cast(builder, src, dst_type)
+
+    interpreter.InterpreterBuilder.cast_impl = cast_impl
+
+
+# -- gap 4: autotuning ----------------------------------------------------------------------------------------------
+
+def _bridge_autotuning() -> None:
+    from triton.runtime.autotuner import Autotuner
+
+    prune = Autotuner.prune_configs
+
+    def prune_configs(tuner: Any, kwargs: dict[str, Any]) -> list[Any]:
+        configs = prune(tuner, kwargs)
+        if any(_on_cpu(a) for a in (*tuner.nargs.values(), *kwargs.values())):
+            return list(configs[:1])  # one config is not benchmarked: it runs as it is
+        return list(configs)
+
+    Autotuner.prune_configs = prune_configs
+
+
 # -- what ran ------------------------------------------------------------------------------------------------------
 
 _FLOAT_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}
@@ -277,13 +320,21 @@ class KernelRun:
     name: str  # module.function
     launches: int = 0
     tensor_dtypes: set[str] = field(default_factory=set)  # float dtypes of the tensors it was given
-    launch_precisions: set[str] = field(default_factory=set)  # the lowest float dtype of each launch's arithmetic
+    # By the most precise float dtype among a launch's tensors: the lowest precision such a launch computed in.
+    lowest_by_input: dict[str, str] = field(default_factory=dict)
 
     @property
     def precision(self) -> str:
-        """What its arithmetic reached with the most precise tensors it was given (float64 in the promoted model):
-        a kernel loading float64 into float32 says float32, one that stays in float64 says float64."""
-        return min(self.launch_precisions, key=_eps, default="none")
+        """What its arithmetic came down to when it was given its most precise tensors (float64 in the promoted
+        model): a kernel loading float64 into float32 says float32, one that stays in float64 says float64."""
+        if not self.lowest_by_input:
+            return "none"
+        return self.lowest_by_input[min(self.lowest_by_input, key=_eps)]
+
+    def add_launch(self, tensors: set[str], computed: set[str]) -> None:
+        if tensors:
+            best = min(tensors, key=_eps)
+            self.lowest_by_input[best] = max({*computed, self.lowest_by_input.get(best, best)}, key=_eps)
 
 
 def _eps(dtype: str) -> float:
@@ -311,9 +362,7 @@ class KernelLog:
         try:
             yield
         finally:
-            seen = self.running.pop()
-            if seen:
-                record.launch_precisions.add(max(seen, key=_eps))
+            record.add_launch(dtypes, self.running.pop())
 
     def kernels(self) -> list[InterpretedKernel]:
         from .report import InterpretedKernel

@@ -1,4 +1,4 @@
-"""Triton's interpreter as the check uses it: the two gaps it bridges, and kernels compiled before it was on.
+"""Triton's interpreter as the check uses it: the gaps it bridges, and kernels compiled before it was on.
 
 The gap tests run ``tests/fixtures/triton_gaps.py`` in fresh processes: with ``TRITON_INTERPRET=1`` alone each gap
 is there in the Triton the ``[triton]`` extra pins, and ``use_interpreter`` closes it. When a Triton release
@@ -35,17 +35,23 @@ def plain() -> dict[str, dict[str, str]]:
     return _gaps("plain")
 
 
-def test_the_pinned_triton_has_both_gaps(plain: dict[str, dict[str, str]]) -> None:
+def test_the_pinned_triton_has_the_gaps(plain: dict[str, dict[str, str]]) -> None:
     assert bridged_version(str(plain["triton"]))
     for dtype in ("float32", "float64"):
         assert "'float' object has no attribute 'to'" in plain["float_argument"][dtype]
         assert "cannot convert None" in plain["libdevice"][dtype]  # the libdevice stub returned None
+    # To bfloat16, float32 is truncated (one bfloat16 unit) and float64 read as bfloat16's bits.
+    assert plain["bfloat16_cast"]["float32"] == "differs by 0.00391"
+    assert float(plain["bfloat16_cast"]["float64"].removeprefix("differs by ")) > 0.1
+    # Two configurations are timed first, on the GPU's benchmarker.
+    assert "0 active drivers" in plain["autotune"]["float32"]
 
 
 def test_the_bridges_close_them_in_the_operands_dtype() -> None:
     bridged = _gaps("bridged")
     expected = {"float32": "ok", "float64": "ok"}  # exactly the compiled kernel's values, dtype by dtype
-    assert bridged["float_argument"] == expected and bridged["libdevice"] == expected
+    assert bridged["float_argument"] == bridged["libdevice"] == bridged["bfloat16_cast"] == expected
+    assert bridged["autotune"] == expected
 
 
 def test_libdevice_symbols_map_to_their_math_function() -> None:
