@@ -10,7 +10,7 @@ machine, or kernels imported before the interpreter was switched on), and record
 
 Note [Interpreter gaps]
 ~~~~~~~~~~~~~~~~~~~~~~~
-Four gaps of the interpreter (measured on Triton 3.9.0) break real kernels that the compiler accepts:
+Four gaps of the interpreter (measured on Triton 3.8.0 and 3.9.0) break real kernels that the compiler accepts:
 
 1. A Python float argument stays a bare ``float`` (``eps.to(tl.float32)`` raises AttributeError), where the
    compiler passes it as an fp32 scalar. Bridged in ``_implicit_cvt``, which converts every launch argument.
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 Setting = Literal["auto", "on", "off"]
 
 # Triton releases (major, minor) whose interpreter has the gaps of Note [Interpreter gaps].
-BRIDGED_VERSIONS = ((3, 9),)
+BRIDGED_VERSIONS = ((3, 8), (3, 9))
 
 _state: dict[str, Any] = {"setting": "auto", "hooked": False, "bridged": False}
 
