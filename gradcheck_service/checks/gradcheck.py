@@ -201,9 +201,10 @@ def _check_tensor(
     probe_part = None
     space = Space.of([base], [item.by_design]) if n_probes and large(base) else None
     if space is not None:  # probes drawn part by part and added in place: no copy of a large tensor per probe
-        streamed = space.directions(draw_seeds(gen, n_probes))
+        streamed, gradients = space.directions(draw_seeds(gen, n_probes)), [item.analytic]
+        space.project_onto(gradients)  # each probe dotted with autograd's gradient as it is drawn to be applied
         measured = measure(evaluator, replace(item.target, space=space), streamed, dtype)
-        analytic = streamed.project([item.analytic])
+        analytic = streamed.project(gradients)
         probe_part = compare(analytic, measured, torch.empty((n_probes, 0), dtype=torch.long), options, dtype)
     elif n_probes:
         dirs = probe_directions(base, n_probes, gen)
@@ -274,13 +275,15 @@ def probe_together(
                         shapes=shapes, space=space)
         joint = Checked(name, "parameter", target, torch.empty(0, dtype=torch.float64), False)
         min_scales = [space.min_scale(i) for i in range(len(items))]
+        gradients = [item.analytic for item in items]
+        space.project_onto(gradients)  # each probe dotted with autograd's gradient as it is drawn to be applied
 
         def draw() -> Directions | torch.Tensor:
             return space.directions(draw_seeds(gen, opts.probes))
 
         def project(dirs: Directions | torch.Tensor) -> torch.Tensor:
             assert isinstance(dirs, Directions)
-            return dirs.project([item.analytic for item in items])
+            return dirs.project(gradients)
     else:
         base = torch.cat([b.reshape(-1) for b in bases])
         analytic = torch.cat([item.analytic.reshape(-1) for item in items])

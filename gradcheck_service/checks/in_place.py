@@ -97,6 +97,20 @@ class Space:
         self.parts = parts
         self.floor = scale_floor([p.tensor for p in parts])
         self.numel = sum(p.tensor.numel() for p in parts)
+        self.buffers: dict[str, torch.Tensor] = {}  # one chunk's worth each, reused by every draw
+        # <d, g> for directions (by seed) already drawn while ``gradients`` were set: see project_onto
+        self.gradients: Sequence[torch.Tensor] | None = None
+        self.projections: dict[int, float] = {}
+
+    def project_onto(self, gradients: Sequence[torch.Tensor]) -> None:
+        """Dot every direction drawn from now on with ``gradients`` (one per part) as it is drawn anyway."""
+        self.gradients, self.projections = gradients, {}
+
+    def chunk_buffer(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < n or buffer.dtype != dtype:
+            buffer = self.buffers[name] = torch.empty(min(CHUNK, max(n, 1)), dtype=dtype)
+        return buffer[:n]
 
     @classmethod
     def of(cls, tensors: Sequence[torch.Tensor], stills: Sequence[torch.Tensor | None] | None = None) -> Space | None:
@@ -146,9 +160,14 @@ class Directions:
         return (Direction(self.space, seed, self.factor) for seed in self.seeds)
 
     def project(self, gradients: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``<d_k, g>`` for every direction: each part's share drawn, dotted and let go."""
+        """``<d_k, g>`` for every direction: each part's share drawn, dotted and let go (or taken from the
+        directions' evaluations, when the space was projecting onto these gradients then)."""
         out = torch.zeros(len(self.seeds), dtype=torch.float64)
+        cached = self.space.projections if self.space.gradients is gradients and self.factor == 1.0 else {}
         for k, direction in enumerate(self):
+            if direction.seed in cached:
+                out[k] = cached[direction.seed]
+                continue
             for i, g in enumerate(gradients):
                 flat = g.reshape(-1)
                 for where, d in direction.chunks(i):
@@ -163,23 +182,32 @@ class Direction:
         self.space, self.seed, self.factor = space, seed, factor
 
     def part(self, i: int) -> torch.Tensor:
-        """This direction's share of part ``i``, flat, in the part's dtype."""
-        return torch.cat([d for _where, d in self.chunks(i)])
+        """This direction's share of part ``i``, flat, in the part's dtype (a tensor of its own)."""
+        out = torch.empty(self.space.parts[i].tensor.numel(), dtype=self.space.parts[i].tensor.dtype)
+        for where, d in self.chunks(i):
+            out[where] = d
+        return out
 
     def chunks(self, i: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """This direction's share of part ``i`` in pieces of CHUNK entries: where each goes, and its values.
 
         Each piece is drawn from its own seed, so it is the same whenever it is drawn again; what a piece costs
-        in memory is CHUNK entries, whatever the size of the part.
+        in memory is CHUNK entries, whatever the size of the part. A piece lives until the next is drawn (one
+        buffer serves them all): use it, do not keep it.
         """
         part = self.space.parts[i]
         flat = part.tensor.reshape(-1)
         still = part.still.reshape(-1) if part.still is not None else None
+        floor = self.space.floor if self.space.floor > 0 else 1.0
         for j, start in enumerate(range(0, flat.numel(), CHUNK)):
             where = slice(start, min(start + CHUNK, flat.numel()))
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + i * 8191 + j) % 2**63)
-            d = random_signs(where.stop - where.start, gen).to(flat.dtype)
-            d.mul_(robust_scale(flat[where], self.space.floor).to(d.dtype))
+            n = where.stop - where.start
+            d = self.space.chunk_buffer("direction", n, flat.dtype)
+            torch.abs(flat[where], out=d).clamp_(min=floor)  # robust_scale, written into the buffer
+            signs = self.space.chunk_buffer("signs", n, flat.dtype)
+            signs.copy_(random_signs(n, gen))  # +-1 in the direction's dtype: a same-dtype product is fast
+            d.mul_(signs)
             if self.factor != 1.0:
                 d.mul_(self.factor)
             if still is not None:
@@ -190,11 +218,18 @@ class Direction:
     def applied(self, coefficient: float) -> Iterator[None]:
         """Every part moved by ``coefficient`` times this direction for the ``with`` block, then restored exactly."""
         try:
+            gradients = self.space.gradients if self.factor == 1.0 else None
+            dot = 0.0
             with torch.no_grad():
                 for i, part in enumerate(self.space.parts):
                     flat = part.tensor.view(-1)
+                    g = gradients[i].reshape(-1) if gradients is not None else None
                     for where, d in self.chunks(i):
+                        if g is not None:
+                            dot += float(torch.dot(d.to(torch.float64), g[where].to(torch.float64)))
                         flat[where].add_(d, alpha=coefficient)
+            if gradients is not None:
+                self.space.projections.setdefault(self.seed, dot)
             yield
         finally:
             with torch.no_grad():

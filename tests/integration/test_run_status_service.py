@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NON_REPRODUCIBLE = FIXTURES / "nonreproducible_model.py"
 NAN_GRADIENT = FIXTURES / "nan_gradient_model.py"
+CLOSURE_GPT = FIXTURES / "closure_gpt.py"
 QUICK_OPTIONS = '{"health": false, "memory": false}'
 EXIT_FAILED = 1
 
@@ -118,8 +119,9 @@ def test_an_inconclusive_check_is_stored_listed_shown_and_exits_as_check_does(se
 
 
 def test_a_report_holding_nan_is_stored_once_and_answered_as_strict_json(server: Server) -> None:
-    _code, run = server.submit(NAN_GRADIENT)
-    assert run["status"] in ("passed", "failed", "inconclusive"), run.get("error")
+    code, run = server.submit(NAN_GRADIENT)
+    # autograd's gradient is NaN where finite differences are finite: a wrong backward, never a pass
+    assert (code, run["status"]) == (EXIT_FAILED, "failed"), run.get("error")
     assert run["attempts"] == 1  # stored by its first attempt: never re-run
     offset = next(t for t in run["report"]["gradient_check"]["parameters"] if t["name"] == "offset")
     # The analytic gradient of sqrt(p - p) is NaN: the figures that hold it are the documented strings.
@@ -131,6 +133,19 @@ def test_a_report_holding_nan_is_stored_once_and_answered_as_strict_json(server:
     page = server.page(f"/runs/{run['id']}")
     assert "offset" in page and "NaN" in page
     strict_loads(server.page(f"/runs/{run['id']}.json"))
+
+
+def test_a_gpt_reaching_its_mlp_through_a_closure_fails_through_the_service_with_the_module_named(
+        server: Server, tmp_path: Path) -> None:
+    """minGPT's pattern (``self.mlpf = lambda x: ...``) with a wrong GELU backward: the service checks the model
+    the file builds, in float64, and names the activation."""
+    buggy = tmp_path / "closure_gpt.py"
+    buggy.write_text(CLOSURE_GPT.read_text().replace('GELU_BACKWARD = "right"', 'GELU_BACKWARD = "no pdf"'))
+    code, run = server.submit(buggy)
+    assert (code, run["status"]) == (EXIT_FAILED, "failed"), run.get("error")
+    report = run["report"]
+    assert report["gradient_check"]["dtype"] == "float64"
+    assert set(report["localization"]["faulty_modules"]) == {"h.0.mlp.act", "h.1.mlp.act"}
 
 
 NUL_PRINTING_MODEL = '''

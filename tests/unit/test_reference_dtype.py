@@ -101,3 +101,27 @@ def test_float32_fallback_passes_a_correct_model_and_catches_a_few_percent() -> 
     gc = wrong.gradient_check
     # the wrong gradient reaches everything upstream of the scaling: the model's input (through the whole model)
     assert "input[0]" in [t.name for t in gc.parameters + gc.inputs if not t.passed]
+
+
+class AutocastBlock(nn.Module):
+    """Mixed-precision training code: the projection runs under CPU autocast (bfloat16), the rest in float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.proj(x)
+        return self.head(torch.tanh(y.float()))
+
+
+def test_autocast_does_not_lower_the_precision_of_the_float64_reference() -> None:
+    """Autocast leaves float64 tensors alone, so the reference compares float64 arithmetic, not bfloat16's."""
+    torch.manual_seed(0)
+    report = check(AutocastBlock(), torch.randn(4, 8), **QUICK)
+    gc = report.gradient_check
+    assert report.verdict == "passed" and gc.dtype == "float64"
+    assert all(not t.unused and "bfloat16" not in t.method for t in gc.parameters)
+    assert max(t.undetected_error or 1.0 for t in gc.parameters) < 1e-6  # bfloat16 steps would allow ~1e-2
