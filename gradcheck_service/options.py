@@ -103,6 +103,12 @@ class CheckOptions(StrictModel):
     )
     thresholds: HealthThresholds = Field(default_factory=HealthThresholds)
     chunk_size: int = Field(256, ge=1, le=65536, description="Perturbations evaluated in one batched forward.")
+    triton_interpreter: Literal["auto", "on", "off"] = Field(
+        "auto", description="Triton kernels: on runs them in Triton's interpreter on CPU tensors (their own "
+        "arithmetic, in NumPy), off compiles them for the GPU, auto interprets when CUDA is absent (or as "
+        "TRITON_INTERPRET says when it is set). Whatever the setting, a check sends a kernel launched on CPU tensors "
+        "to the interpreter unless it is off. Decided when Triton is imported: set it before the model's code "
+        "imports Triton (the CLI, CI, the service and the pytest plugin do).")
 
 
 def _literal_values(annotation: Any) -> tuple[Any, ...]:

@@ -259,3 +259,10 @@ def signed_in_opener(url: str, token: str) -> urllib.request.OpenerDirector:
     with opener.open(f"{url}/login", data=form, timeout=10) as response:
         assert response.status == 200
     return opener
+
+
+def api_get(url: str, token: str) -> Any:
+    """The JSON answer of an authenticated GET."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

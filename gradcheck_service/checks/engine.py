@@ -14,6 +14,7 @@ from torch import nn
 
 from ..options import CheckOptions
 from ..report import Environment, GradientCheck, Localization, ModelInfo, Report, TensorCheck, Timings
+from ..triton_interpreter import recording_kernels
 from .analytic import AnalyticPass, run_analytic
 from .callables import as_module, differentiable_inputs, require_checkable
 from .evaluator import LossEvaluator, Target, precision_note
@@ -57,10 +58,21 @@ def check(
     model, name = as_module(model, name)  # a plain function of tensors is wrapped into a module
     inputs_tuple = normalize_inputs(inputs)
     require_checkable(model, inputs_tuple)
+    loss = resolve_loss(loss_fn, opts.seed)
+    with recording_kernels(opts.triton_interpreter) as kernels:
+        report = _check_model(model, inputs_tuple, loss, opts, name, progress)
+    report.gradient_check.interpreted_kernels = kernels.kernels()
+    note = kernels.note()
+    if note:
+        report.gradient_check.notes.append(note)
+    return report
+
+
+def _check_model(model: nn.Module, inputs_tuple: tuple[torch.Tensor, ...], loss: LossFn, opts: CheckOptions,
+                 name: str | None, progress: Progress | None) -> Report:
     report_progress = progress or (lambda _stage, _fraction: None)
     started = time.perf_counter()
     timings = Timings()
-    loss = resolve_loss(loss_fn, opts.seed)
 
     with isolated_randomness(), working_model(model, inputs_tuple, loss, opts) as work, work.reference():
         t0 = time.perf_counter()

@@ -23,7 +23,8 @@ def _fail(message: str) -> None:
     sys.exit(ExitCode.BAD_INPUT)
 
 
-def _apply_overrides(config: object, mode: str | None, fail_on: str | None, only: tuple[str, ...]) -> None:
+def _apply_overrides(config: object, mode: str | None, fail_on: str | None, only: tuple[str, ...],
+                     triton_interpreter: str | None = None) -> None:
     from .config import CiConfig
 
     assert isinstance(config, CiConfig)
@@ -44,6 +45,8 @@ def _apply_overrides(config: object, mode: str | None, fail_on: str | None, only
         updates: dict[str, object] = {}
         if mode:
             updates["mode"] = mode
+        if triton_interpreter:
+            updates["triton_interpreter"] = triton_interpreter
         extra = [k for k in kinds if k != "regression" and k not in entry.options.fail_on]
         if extra:
             updates["fail_on"] = [*entry.options.fail_on, *extra]
@@ -75,6 +78,7 @@ def _config_path(value: str | None, root: Path, configured: str | None) -> Path 
 @click.option("--fail-on", help="Comma list: 'regression' fails the job on regressions; diagnosis kinds "
               "(exploding, vanishing, ...) are added to every model's fail-on.")
 @click_option("mode", help=f"Override every model's mode. {help_text('mode')}")
+@click_option("triton_interpreter", help=f"Override every model's triton_interpreter. {help_text('triton_interpreter')}")
 @click.option("--model", "only", multiple=True, help="Check only this configured model (repeatable).")
 @click.option("--repo", help="Override the detected repository.")
 @click.option("--branch", help="Override the detected branch.")
@@ -86,7 +90,8 @@ def _config_path(value: str | None, root: Path, configured: str | None) -> Path 
 @click.option("--debug", is_flag=True, help="Show tracebacks for configuration errors.")
 def ci(config_file: Path | None, server: str | None, token: str | None, junit_file: str | None,
        summary_file: str | None, output_file: str | None, report_dir: str | None, baseline_path: Path | None,
-       base_branch: str | None, fail_on: str | None, mode: str | None, only: tuple[str, ...], repo: str | None,
+       base_branch: str | None, fail_on: str | None, mode: str | None, triton_interpreter: str | None,
+       only: tuple[str, ...], repo: str | None,
        branch: str | None, commit: str | None, wait_s: float, allow_inconclusive: bool, debug: bool) -> None:
     """Check every model configured in this repository (locally, or through --server) and gate the build."""
     from .baseline import BaselineError, load_baselines
@@ -106,7 +111,7 @@ def ci(config_file: Path | None, server: str | None, token: str | None, junit_fi
             traceback.print_exc()
         _fail(str(exc))
         return
-    _apply_overrides(config, mode, fail_on, only)
+    _apply_overrides(config, mode, fail_on, only, triton_interpreter)
     root = config.source.parent
     server = server or config.server
     git = detect(root)

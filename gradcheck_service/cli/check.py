@@ -27,11 +27,12 @@ def parse_bytes(text: str) -> int:
 def check_options(
     mode: str, order: int, device: str, seed: int, fail_on: str | None, memory_budget: str | None,
     precision: str | None, checkpoint: tuple[str, ...], batch_scaling: bool, health: bool, memory: bool,
-    recheck: bool = False,
+    recheck: bool = False, triton_interpreter: str = "auto",
 ) -> dict[str, Any]:
     """CLI flags -> CheckOptions fields (shared by `check` and `ci`)."""
     options: dict[str, Any] = {"mode": mode, "order": order, "device": device, "seed": seed,
-                               "health": health, "memory": memory, "batch_scaling": batch_scaling}
+                               "health": health, "memory": memory, "batch_scaling": batch_scaling,
+                               "triton_interpreter": triton_interpreter}
     if recheck:
         options["recheck"] = True
     if fail_on:
@@ -63,6 +64,7 @@ def check_options(
               "checks and localization).")
 @click.option("--no-health", is_flag=True, help="Skip gradient norms and the diagnosis.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory profile.")
+@click_option("triton_interpreter", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of tables.")
 @click.option("--allow-inconclusive", is_flag=True, help="Exit 0 when the verdict is inconclusive (nothing wrong "
               "found, but too little compared to call it passed); by default inconclusive exits 1.")
@@ -70,7 +72,7 @@ def check_options(
 def check_command(
     path: str, mode: str, order: str, device: str, seed: int, fail_on: str | None, memory_budget: str | None,
     precision: str | None, checkpoint: tuple[str, ...], batch_scaling: bool, recheck: bool, no_health: bool,
-    no_memory: bool, as_json: bool, allow_inconclusive: bool, debug: bool,
+    no_memory: bool, triton_interpreter: str, as_json: bool, allow_inconclusive: bool, debug: bool,
 ) -> None:
     """Check the model in PATH (a .py model file or a .json spec) against finite differences."""
     from ..checks.working_copy import CheckError
@@ -84,7 +86,8 @@ def check_command(
     show_progress = not as_json and sys.stderr.isatty()
     try:
         options = CheckOptions(**check_options(mode, int(order), device, seed, fail_on, memory_budget, precision,
-                                               checkpoint, batch_scaling, not no_health, not no_memory, recheck))
+                                               checkpoint, batch_scaling, not no_health, not no_memory, recheck,
+                                               triton_interpreter))
         report = check_definition(path, import_roots(Path.cwd()), options, captured=captured,
                                   progress=lambda terminal: progress_display(enabled=show_progress, file=terminal))
     except (DefinitionError, CheckError, ConfigError, click.BadParameter, ValidationError, OSError) as exc:

@@ -39,7 +39,9 @@ def check_definition(
     was checked), and whatever the check or the model's own code raises while it runs.
     """
     from ..checks.engine import check
+    from ..triton_interpreter import use_interpreter
 
+    use_interpreter(options.triton_interpreter)  # Triton's choice is made when the model's code imports it
     captured = captured or CapturedOutput()
     try:
         with captured:

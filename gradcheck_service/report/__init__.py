@@ -8,7 +8,7 @@ The report is data: this package imports nothing from ``checks/`` (the engine fi
 contract in ``pyproject.toml`` keeps it that way), so the CLI, CI and the service read reports without the numerics.
 """
 
-from .gradients import Coordinate, GradientCheck, Localization, ModuleCheck, TensorCheck
+from .gradients import Coordinate, GradientCheck, InterpretedKernel, Localization, ModuleCheck, TensorCheck
 from .health import (
     Diagnosis,
     Finding,
@@ -35,7 +35,7 @@ from .schema import SCHEMA_PATH, report_json_schema, write_json_schema
 __all__ = [
     "SCHEMA_PATH", "SCHEMA_VERSION", "BatchScaling", "CheckpointCandidate", "CheckpointingPlan", "Coordinate",
     "Diagnosis", "Environment", "Finding", "FindingKind", "GradientCheck", "GradientNorms", "InputGradient",
-    "LayerSignal", "Localization", "MemoryProfile", "ModelInfo", "ModuleActivation", "ModuleCheck",
+    "InterpretedKernel", "LayerSignal", "Localization", "MemoryProfile", "ModelInfo", "ModuleActivation", "ModuleCheck",
     "OptimizerState", "ParameterGradient", "PrecisionComparison", "PrecisionParameter", "ReluActivity", "Report",
     "TensorCheck", "Timings", "report_json_schema", "write_json_schema",
 ]

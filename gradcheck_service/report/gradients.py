@@ -65,6 +65,17 @@ class TensorCheck(ReportModel):
     note: str | None = None
 
 
+class InterpretedKernel(ReportModel):
+    """A Triton kernel that ran in Triton's interpreter on CPU tensors during the check."""
+
+    name: str = Field(description="The kernel's Python module and function, e.g. 'kernels.rmsnorm.rms_norm_backward'.")
+    launches: int = Field(description="Launches during the whole check (reference, analytic pass and health).")
+    tensor_dtypes: list[str] = Field(default_factory=list, description="Float dtypes of the tensors it was given.")
+    precision: str = Field(description="The float precision its arithmetic reached with the most precise tensors it "
+                           "was given (float64 in the promoted model): per launch, the lowest of its tensors' dtypes "
+                           "and every cast down inside it; a kernel loading float64 into float32 says float32.")
+
+
 class GradientCheck(ReportModel):
     passed: bool
     mode: str
@@ -90,6 +101,9 @@ class GradientCheck(ReportModel):
     loss_finite: bool = Field(True, description="The loss at the unperturbed point is finite; when it is not (NaN "
                               "or infinite), nothing can be compared and the check is inconclusive.")
     notes: list[str] = Field(default_factory=list)
+    interpreted_kernels: list[InterpretedKernel] = Field(
+        default_factory=list, description="Triton kernels that ran in Triton's interpreter on CPU (see the "
+        "triton_interpreter option), with the precision each computed in.")
 
 
 class ModuleCheck(ReportModel):
