@@ -15,12 +15,12 @@ from torch import nn
 from ..options import CheckOptions
 from ..report import Environment, GradientCheck, Localization, ModelInfo, Report, TensorCheck, Timings
 from ..triton_interpreter import recording_kernels
-from .analytic import AnalyticPass, run_analytic
 from .callables import as_module, differentiable_inputs, require_checkable
-from .evaluator import LossEvaluator, Target, precision_note
-from .gradcheck import Checked, check_tensor, no_gradient_by_design
-from .linear_layers import check_linear_layers
-from .localize import Known
+from .gradients.analytic import AnalyticPass, run_analytic
+from .gradients.evaluator import LossEvaluator, Target, precision_note
+from .gradients.gradcheck import Checked, check_tensor, no_gradient_by_design
+from .gradients.linear_layers import check_linear_layers
+from .gradients.localize import Known
 from .loss import LossFn, resolve_loss
 from .rng import isolated_randomness
 from .working_copy import CheckError, WorkingCopy, working_model
@@ -82,14 +82,14 @@ def _check_model(model: nn.Module, inputs_tuple: tuple[torch.Tensor, ...], loss:
         timings.gradient_check_s = time.perf_counter() - t0
         localization = Localization(performed=False)
         if not gradient_check.passed and opts.localize:
-            from .localize import localize
+            from .gradients.localize import localize
 
             t0 = time.perf_counter()
             report_progress("localization", 0.0)
             localization = localize(work, loss, opts, analytic, known_to_localization(gradient_check))
             timings.localization_s = time.perf_counter() - t0
         if opts.order == 2:
-            from .second_order import check_second_order
+            from .gradients.second_order import check_second_order
 
             gradient_check.second_order = check_second_order(work, loss, opts)
             gradient_check.passed &= all(t.passed for t in gradient_check.second_order)
@@ -237,7 +237,7 @@ def _local_strategy(
     for a 30k-parameter model that cannot be batched, hours for a 124M-parameter LM, where this report costs
     about what the passing check does.
     """
-    from .local import check_locally, joint_probes, local_plan
+    from .gradients.local import check_locally, joint_probes, local_plan
 
     composition = joint_probes(work, evaluator, analytic.parameter_grads, opts)
     if composition is None or (not composition.passed and opts.recheck):
@@ -312,7 +312,7 @@ def measure_health_and_memory(
     sections: dict[str, Any] = {}
     device_inputs = inputs
     if opts.health and opts.memory:
-        from .memory import profile_training_step
+        from .memory.profile import profile_training_step
 
         progress("gradient health and memory", 0.0)
         t0 = time.perf_counter()
@@ -323,7 +323,7 @@ def measure_health_and_memory(
         timings.memory_s = time.perf_counter() - t0
         return sections
     if opts.health:
-        from .health import analyze_gradients
+        from .health.flow import analyze_gradients
 
         progress("gradient health", 0.0)
         t0 = time.perf_counter()
@@ -332,7 +332,7 @@ def measure_health_and_memory(
         sections["gradient_norms"], sections["diagnosis"] = norms, diagnosis
         timings.health_s = time.perf_counter() - t0
     if opts.memory:
-        from .memory import profile_memory
+        from .memory.profile import profile_memory
 
         progress("memory", 0.0)
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Which modules count as "layers" for the per-layer gradient flow, and how their outputs are captured.
 
-Rule (documented in the README): a *layer* is a module that owns parameters directly (``parameters(recurse=False)``
+Rule (documented in docs/how-the-check-works.md): a *layer* is a module that owns parameters directly (``parameters(recurse=False)``
 is not empty: Linear, Conv, LSTM, MultiheadAttention, a custom block with its own ``nn.Parameter``) or that is an
 activation or normalization module from ``torch.nn`` (ReLU, Tanh, Softmax, LayerNorm, BatchNorm without affine,
 ...). Pure containers (Sequential, a residual block without own parameters) and functional calls (``F.relu``) are

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..options import CheckOptions
-from .in_place import PROMOTED_FROM
+from .gradients.in_place import PROMOTED_FROM
 from .loss import LossFn, RandomProjection, float_leaves
 from .reference_dtype import KeepFloat64
 from .rng import RngState, generators_drawn, seed_all

@@ -54,7 +54,7 @@ def test_a_memory_budget_bounds_batched_evaluations_and_says_when_the_process_we
     from torch import nn
 
     from gradcheck_service import check
-    from gradcheck_service.checks.evaluator import LossEvaluator, Target
+    from gradcheck_service.checks.gradients.evaluator import LossEvaluator, Target
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)).double()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradcheck_service.checks.health import analyze_gradients
+from gradcheck_service.checks.health.flow import analyze_gradients
 from gradcheck_service.checks.loss import RandomProjection
 from gradcheck_service.cli.render_health import render_gradient_flow
 from gradcheck_service.options import HealthThresholds

@@ -53,11 +53,9 @@ from gradcheck_service.report import (Report as R, TensorCheck, GradientCheck, L
 from gradcheck_service.report.model import Report as model_report
 from gradcheck_service.checks.memory import MemoryProfile as engine_memory_profile
 from gradcheck_service.checks.health import Diagnosis as engine_diagnosis, GradientNorms as engine_norms
-from gradcheck_service.checks.gradient_stats import GradientNorms as stats_norms
-from gradcheck_service.checks.findings import Finding as engine_finding
-from gradcheck_service.checks.batch_scaling import BatchScaling
-from gradcheck_service.checks.checkpointing import CheckpointingPlan
-from gradcheck_service.checks.precision import PrecisionComparison
+from gradcheck_service.checks.health.flow import GradientNorms as stats_norms
+from gradcheck_service.checks.health import Finding as engine_finding
+from gradcheck_service.checks.memory import BatchScaling, CheckpointingPlan, PrecisionComparison
 from gradcheck_service.report.memory import BatchScaling as B, CheckpointingPlan as C, PrecisionComparison as P
 assert Report is R is model_report and engine_memory_profile is MemoryProfile and engine_diagnosis is Diagnosis
 assert engine_norms is stats_norms is GradientNorms and engine_finding is Finding

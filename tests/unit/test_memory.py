@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gradcheck_service import check
-from gradcheck_service.checks.memory import optimizer_state_bytes, profile_memory
+from gradcheck_service.checks.memory.profile import optimizer_state_bytes, profile_memory
 from gradcheck_service.cli.render_health import render_memory
 from gradcheck_service.options import CheckOptions
 

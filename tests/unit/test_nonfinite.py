@@ -69,7 +69,7 @@ def test_a_backward_returning_nan_or_inf_fails_and_names_the_module(edit: str, m
 
 
 def test_comparisons_with_a_nan_analytic_value_never_pass() -> None:
-    from gradcheck_service.checks.gradcheck import Comparison
+    from gradcheck_service.checks.gradients.gradcheck import Comparison
 
     comparison = Comparison(
         index=torch.zeros((3, 1), dtype=torch.long),
@@ -79,7 +79,7 @@ def test_comparisons_with_a_nan_analytic_value_never_pass() -> None:
         kink=torch.zeros(3, dtype=torch.bool),
     )
     assert comparison.failed.tolist() == [True, False, False]  # an infinite tolerance is the caller's to avoid
-    from gradcheck_service.checks.finite_difference import tolerance
+    from gradcheck_service.checks.gradients.finite_difference import tolerance
 
     tol = tolerance(comparison.analytic, comparison.numeric, torch.zeros(3, dtype=torch.float64), 10.0,
                     torch.float64)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradcheck_service.checks.health import analyze_gradients
+from gradcheck_service.checks.health.flow import analyze_gradients
 from gradcheck_service.checks.loss import RandomProjection
-from gradcheck_service.checks.memory import profile_memory, profile_training_step
+from gradcheck_service.checks.memory.profile import profile_memory, profile_training_step
 from gradcheck_service.options import CheckOptions
 
 

@@ -86,7 +86,7 @@ def test_health_alone_runs_one_pass_and_memory_alone_two() -> None:
 
 def test_a_compiled_model_gets_the_same_memory_figures_as_the_plain_one() -> None:
     """With dynamo in use the tracker is the variant hidden from it; what it measures does not change."""
-    from gradcheck_service.checks.memory import profile_memory
+    from gradcheck_service.checks.memory.profile import profile_memory
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
-from ..options import HealthThresholds
-from ..report.health import Diagnosis as Diagnosis
+from ...options import HealthThresholds
+from ...report.health import Diagnosis as Diagnosis
+from ...report.health import GradientNorms, LayerSignal
 from .findings import Finding, one_significant_figure
-from .gradient_stats import GradientNorms, LayerSignal
 
 _SATURATING = {"Sigmoid", "Tanh", "Hardtanh", "Hardsigmoid", "Softsign", "LogSigmoid"}
 

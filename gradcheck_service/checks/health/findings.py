@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ..report.health import Finding as Finding
-from ..report.health import FindingKind as FindingKind
+from ...report.health import Finding as Finding
+from ...report.health import FindingKind as FindingKind
 
 
 def one_significant_figure(value: float) -> float:

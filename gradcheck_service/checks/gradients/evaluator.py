@@ -1,7 +1,7 @@
 """Evaluate the loss of a model under many perturbations, batched when possible.
 
 A perturbation is added to one *target*: a parameter, a float input, or the output of one module call (the last
-lets a check perturb ``z = x W^T + b`` directly, see :mod:`gradcheck_service.checks.gradcheck`). Perturbations are
+lets a check perturb ``z = x W^T + b`` directly, see :mod:`gradcheck_service.checks.gradients.gradcheck`). Perturbations are
 evaluated in chunks with ``torch.func.vmap``: only the part of the forward that depends on the target is batched,
 so the unperturbed prefix is computed once per chunk, not once per perturbation. Every chunk starts from the same
 seed, so dropout draws the same mask in every evaluation. A model that cannot run under vmap (in-place updates of
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..loss import LossFn, RandomProjection, float_leaves
+from ..rng import RngState
 from .in_place import Direction, Space, robust_scale
-from .loss import LossFn, RandomProjection, float_leaves
-from .rng import RngState
 
 TargetKind = Literal["parameter", "input", "output", "parameters"]
 # Random directions used to measure the loss's rounding noise per target (4 evaluations each).

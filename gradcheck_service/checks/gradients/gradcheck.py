@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..options import CheckOptions
-from ..report import Coordinate, TensorCheck
+from ...options import CheckOptions
+from ...report import Coordinate, TensorCheck
 from .directions import Measured, measure, measure_coordinates, probe_directions
 from .evaluator import SEQUENTIAL_TARGET_BYTES, LossEvaluator, Target, large
 from .finite_difference import tolerance

@@ -14,14 +14,14 @@ import functools
 import torch
 from torch import nn
 
-from ..options import CheckOptions
-from ..report import TensorCheck
+from ...options import CheckOptions
+from ...report import TensorCheck
+from ..working_copy import WorkingCopy
 from .analytic import AnalyticPass, LayerCall
 from .directions import measure, measure_coordinates, probe_directions
 from .evaluator import LossEvaluator, Target
 from .finite_difference import tolerance
 from .gradcheck import Checked, Comparison, compare, parameter_space_from_output, screened, summarize, unravel
-from .working_copy import WorkingCopy
 
 KINK_ERROR = 1e300  # error assigned to output entries at a kink: excludes the weights they feed from the verdict
 

@@ -23,15 +23,15 @@ import torch
 from torch import nn
 from torch.utils._pytree import TreeSpec, keystr, tree_flatten_with_path, tree_unflatten
 
-from ..options import CheckOptions
-from ..report import Localization, ModuleCheck, TensorCheck
+from ...options import CheckOptions
+from ...report import Localization, ModuleCheck, TensorCheck
+from ..layers import dense
+from ..loss import LossFn, float_leaves
+from ..rng import RngState
+from ..working_copy import WorkingCopy
 from .analytic import AnalyticPass
 from .evaluator import LossEvaluator, Target
 from .gradcheck import Checked, no_gradient_by_design, probe_together
-from .layers import dense
-from .loss import LossFn, float_leaves
-from .rng import RngState
-from .working_copy import WorkingCopy
 
 # Argument values that are immutable: shared between replays as they are. Anything else that is not a tensor (a
 # key/value cache, a config object, a list built by the caller) is deep-copied for every replay, because a call

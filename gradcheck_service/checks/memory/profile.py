@@ -12,24 +12,24 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ..options import CheckOptions
-from ..report.memory import (
+from ...options import CheckOptions
+from ...report.memory import (
     MemoryProfile as MemoryProfile,
 )
-from ..report.memory import (
+from ...report.memory import (
     ModuleActivation as ModuleActivation,
 )
-from ..report.memory import (
+from ...report.memory import (
     OptimizerState as OptimizerState,
 )
-from ..types import LossFn
+from ...types import LossFn
+from ..health.diagnosis import Diagnosis
+from ..health.findings import Finding
+from ..health.flow import GradientNorms, recording, summarize_gradients
+from ..model_state import clear_grads, model_device, preserved, seeded
 from .allocations import distinct_storage_bytes, measure_step, timed_step
 from .batch_scaling import batch_size_of, measure_batch_scaling
 from .checkpointing import plan_checkpointing
-from .diagnosis import Diagnosis
-from .findings import Finding
-from .health import GradientNorms, recording, summarize_gradients
-from .model_state import clear_grads, model_device, preserved, seeded
 from .precision import compare_precision
 
 

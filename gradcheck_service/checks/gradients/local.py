@@ -29,8 +29,11 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_unflatten
 
-from ..options import CheckOptions
-from ..report import TensorCheck
+from ...options import CheckOptions
+from ...report import TensorCheck
+from ..layers import dense
+from ..loss import LossFn
+from ..working_copy import WorkingCopy
 from .directions import Measured
 from .evaluator import LossEvaluator, Target, precision_note
 from .gradcheck import (
@@ -46,10 +49,7 @@ from .gradcheck import (
     summarize,
 )
 from .in_place import CHUNK, Part, Space, robust_scale
-from .layers import dense
 from .localize import ModuleCall, ReplayError, _CallAt, _Projection, record_calls
-from .loss import LossFn
-from .working_copy import WorkingCopy
 
 
 @dataclass

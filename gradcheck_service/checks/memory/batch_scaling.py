@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..report.memory import BatchScaling as BatchScaling
-from ..types import LossFn
+from ...report.memory import BatchScaling as BatchScaling
+from ...types import LossFn
+from ..model_state import clear_grads, seeded
 from .allocations import StepMeasurement, measure_step
-from .model_state import clear_grads, seeded
 
 
 def batch_size_of(inputs: tuple[torch.Tensor, ...]) -> tuple[int | None, str | None]:

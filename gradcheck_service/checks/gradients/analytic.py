@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..options import CheckOptions
+from ...options import CheckOptions
+from ..layers import dense
+from ..loss import LossFn
+from ..working_copy import CheckError, WorkingCopy, relocated
 from .gradcheck import is_linear_in_parameters
-from .layers import dense
-from .loss import LossFn
-from .working_copy import CheckError, WorkingCopy, relocated
 
 
 @dataclass

@@ -12,12 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..report.memory import CheckpointCandidate as CheckpointCandidate
-from ..report.memory import CheckpointingPlan as CheckpointingPlan
-from ..types import LossFn
+from ...report.memory import CheckpointCandidate as CheckpointCandidate
+from ...report.memory import CheckpointingPlan as CheckpointingPlan
+from ...types import LossFn
+from ..health.findings import Finding
+from ..model_state import clear_grads, seeded
 from .allocations import StepMeasurement, checkpointed_blocks, measure_step, timed_step
-from .findings import Finding
-from .model_state import clear_grads, seeded
 
 TIMING_REPEATS = 3  # best of 3: the minimum is the least noisy estimate of a step's cost on a busy machine
 MIN_SAVED_FRACTION = 0.05  # a block is recommended only if it saves at least 5 % of the activation bytes ...

@@ -2,7 +2,7 @@
 
 :func:`analyze_gradients` runs one forward and backward pass on the model as given (its dtype, device and
 train/eval mode), under a seeded RNG, and leaves the model exactly as it was. The statistics' models live in
-:mod:`.gradient_stats`; the vanishing/exploding diagnosis built from these numbers lives in :mod:`.diagnosis`.
+:mod:`gradcheck_service.report.health`; the vanishing/exploding diagnosis built from these numbers lives in :mod:`.diagnosis`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..options import HealthThresholds
-from ..types import LossFn
+from ...options import HealthThresholds
+from ...report.health import GradientNorms, InputGradient, LayerSignal, ParameterGradient, ReluActivity
+from ...types import LossFn
+from ..layers import DEAD_RELU_TYPES, dense, grad_leaves, is_layer
+from ..model_state import model_device, preserved, seeded
+from ..tracking import untracked
 from .diagnosis import Diagnosis, diagnose
 from .findings import Finding
-from .gradient_stats import GradientNorms, InputGradient, LayerSignal, ParameterGradient, ReluActivity
-from .layers import DEAD_RELU_TYPES, dense, grad_leaves, is_layer
-from .model_state import model_device, preserved, seeded
-from .tracking import untracked
 
 __all__ = [
     "Diagnosis",

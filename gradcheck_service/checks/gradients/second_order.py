@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from ..options import CheckOptions
-from ..report import TensorCheck
+from ...options import CheckOptions
+from ...report import TensorCheck
+from ..loss import LossFn
+from ..working_copy import WorkingCopy
 from .directions import measure, probe_directions
 from .evaluator import Target, rounding_noise
 from .gradcheck import Checked, compare, summarize
-from .loss import LossFn
-from .working_copy import WorkingCopy
 
 
 class GradientDotEvaluator:

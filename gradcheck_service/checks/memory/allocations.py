@@ -31,9 +31,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..types import LossFn
-from .health import compute_loss
-from .tracking import is_untracked
+from ...types import LossFn
+from ..health.flow import compute_loss
+from ..tracking import is_untracked
 
 CPU_PEAK_METHOD = "allocation tracking: bytes of every ATen operator output storage, live until freed (dispatch mode)"
 CUDA_PEAK_METHOD = "torch.cuda.max_memory_allocated (caching allocator peak)"

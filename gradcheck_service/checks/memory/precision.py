@@ -17,17 +17,17 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..options import HealthThresholds
-from ..report.memory import (
+from ...options import HealthThresholds
+from ...report.memory import (
     PrecisionComparison as PrecisionComparison,
 )
-from ..report.memory import (
+from ...report.memory import (
     PrecisionParameter as PrecisionParameter,
 )
-from ..types import LossFn
-from .findings import Finding
-from .health import compute_loss
-from .model_state import clear_grads, seeded
+from ...types import LossFn
+from ..health.findings import Finding
+from ..health.flow import compute_loss
+from ..model_state import clear_grads, seeded
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
