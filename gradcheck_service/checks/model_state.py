@@ -1,8 +1,9 @@
-"""Leave a model exactly as it was: modes, gradients, buffers and the global RNG.
+"""Leave a model exactly as it was: modes, gradients, buffers, plain attributes and the global RNG.
 
 Every measurement in ``health`` and ``memory`` runs real forward and backward passes on the user's model. Those
-passes write ``.grad``, update BatchNorm running statistics and consume random numbers (dropout); this module puts
-all of it back so a check is invisible to the caller.
+passes write ``.grad``, update BatchNorm running statistics, fill lazily built caches (a buffer and an int saying
+how much of it is filled) and consume random numbers (dropout); this module puts all of it back so a check is
+invisible to the caller.
 """
 
 from __future__ import annotations
@@ -42,23 +43,51 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
             yield
 
 
+# What nn.Module.__init__ puts in every module's __dict__: restored through their own paths (or never touched).
+MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}
+
+
+class Attributes:
+    """Every module's buffer objects and plain attributes, put back as they were (the same objects).
+
+    A lazily built cache is a buffer beside a plain int saying how much of it is filled; restoring the buffer alone
+    would leave the int saying "filled" over an empty buffer, and every later forward would read zeros.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = list(model.modules())
+        self.buffers = [dict(m._buffers) for m in self.modules]
+        self.attributes = [{k: v for k, v in vars(m).items() if k not in MODULE_INTERNALS} for m in self.modules]
+
+    def restore(self) -> None:
+        for m, buffers, attributes in zip(self.modules, self.buffers, self.attributes, strict=True):
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            for name in [k for k in vars(m) if k not in MODULE_INTERNALS and k not in attributes]:
+                delattr(m, name)
+            m.__dict__.update(attributes)
+
+
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
-    """Snapshot train/eval modes, every parameter's ``.grad`` (``None`` included) and every buffer; restore on exit.
+    """Snapshot train/eval modes, every parameter's ``.grad`` (``None`` included), every buffer and every plain
+    attribute; restore on exit.
 
     Inside the block each parameter's ``.grad`` starts as ``None`` so measured gradients are the block's own. The
-    original gradient tensors are put back as the same objects, and buffers are copied back in place, so references
-    the caller holds (e.g. an optimizer's) stay valid.
+    original gradient tensors, buffers and attributes are put back as the same objects (buffers with their values
+    copied back in place), so references the caller holds (e.g. an optimizer's) stay valid.
     """
     modes = {module: module.training for module in model.modules()}
     params = list(model.parameters())
     grads = [p.grad for p in params]
+    attributes = Attributes(model)
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         for p in params:
             p.grad = None
         yield
     finally:
+        attributes.restore()
         for module, training in modes.items():
             module.training = training
         for p, g in zip(params, grads, strict=True):

@@ -20,6 +20,7 @@ from torch import nn
 from ..options import CheckOptions
 from .gradients.in_place import PROMOTED_FROM
 from .loss import LossFn, RandomProjection, float_leaves
+from .model_state import Attributes
 from .reference_dtype import KeepFloat64
 from .rng import RngState, generators_drawn, seed_all
 
@@ -54,10 +55,6 @@ class WorkingCopy:
                      for i, t in enumerate(self.inputs if inputs is None else inputs))
 
 
-# What nn.Module.__init__ puts in every module's __dict__: restored through their own paths (or never touched).
-_MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}
-
-
 class ModelState:
     """Everything of a module the check may change, taken before and put back after: tensors and attributes.
 
@@ -73,9 +70,7 @@ class ModelState:
             if id(p) not in seen:
                 seen.add(id(p))
                 self.parameters.append((p, p.data, p.grad))
-        self.modules = list(model.modules())
-        self.buffers = [dict(m._buffers) for m in self.modules]
-        self.attributes = [{k: v for k, v in vars(m).items() if k not in _MODULE_INTERNALS} for m in self.modules]
+        self.saved = Attributes(model)
 
     def place(self, device: str | torch.device, dtype: torch.dtype | None) -> None:
         """Give every parameter and buffer a fresh copy of its original data on ``device`` (floats in ``dtype``)."""
@@ -83,7 +78,7 @@ class ModelState:
             for p, data, _grad in self.parameters:
                 p.grad = None
                 p.data = _moved(data, device, dtype)
-            for m, buffers in zip(self.modules, self.buffers, strict=True):
+            for m, buffers in zip(self.saved.modules, self.saved.buffers, strict=True):
                 for name, value in buffers.items():
                     m._buffers[name] = None if value is None else _moved(value, device, dtype)
 
@@ -92,12 +87,7 @@ class ModelState:
             for p, data, grad in self.parameters:
                 p.data = data
                 p.grad = grad
-        for m, buffers, attributes in zip(self.modules, self.buffers, self.attributes, strict=True):
-            m._buffers.clear()
-            m._buffers.update(buffers)
-            for name in [k for k in vars(m) if k not in _MODULE_INTERNALS and k not in attributes]:
-                delattr(m, name)
-            m.__dict__.update(attributes)
+        self.saved.restore()
 
 
 def _moved(t: torch.Tensor, device: str | torch.device, dtype: torch.dtype | None) -> torch.Tensor:

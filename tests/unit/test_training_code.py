@@ -35,6 +35,17 @@ def test_a_lazily_built_rotary_cache_is_part_of_every_evaluation() -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_the_health_and_memory_passes_leave_a_lazily_built_cache_as_it_was() -> None:
+    """Those passes run the user's own model: a cache they fill must not stay half filled (its length says
+    filled, its buffer is put back empty) or the next training step reads zero angles."""
+    model, x = lazy_rotary.build()
+    report = check(model, x)  # gradient health and memory included
+    assert report.verdict == "passed" and report.gradient_norms is not None and report.memory is not None
+    assert model.rotary.cached_freqs_seq_len == 0 and model.rotary.cached_freqs.numel() == 0
+    model.rotary(x.shape[1])  # the first real step still builds its cache
+    assert model.rotary.cached_freqs_seq_len == x.shape[1] and bool(model.rotary.cached_freqs.abs().sum() > 0)
+
+
 def test_a_detach_inside_the_rotation_fails_and_names_the_attention_module(rotation: None) -> None:
     lazy_rotary.ROTATION = "detached"
     model, x = lazy_rotary.build()
