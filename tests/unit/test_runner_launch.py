@@ -36,7 +36,7 @@ def test_launchers_run_checks_time_out_and_survive_crashes(tmp_path: Path, launc
 
     ok = launcher.run(_job(tmp_path, "ok", "model.json", json.dumps(TINY_SPEC), mode="full"), 120, progress,
                       heartbeat_s=0.2, max_bytes=10**7)
-    assert ok.result is not None and ok.result["report"]["passed"] is True, ok
+    assert ok.result is not None and ok.result.report is not None and ok.result.report["passed"] is True, ok
     assert beats, "no heartbeat was sent while the check ran"
 
     slow = launcher.run(_job(tmp_path, "slow", "model.py", SLOW_MODEL.replace("{sleep}", "60")), 1.5, progress,
@@ -49,7 +49,7 @@ def test_launchers_run_checks_time_out_and_survive_crashes(tmp_path: Path, launc
 
     again = launcher.run(_job(tmp_path, "again", "model.json", json.dumps(TINY_SPEC)), 120, progress,
                          heartbeat_s=0.2, max_bytes=10**7)
-    assert again.result is not None and "report" in again.result  # the launcher still works after all that
+    assert again.result is not None and again.result.report is not None  # the launcher still works after all that
 
     big = launcher.run(_job(tmp_path, "big", "model.json", json.dumps(TINY_SPEC)), 120, progress,
                        heartbeat_s=0.2, max_bytes=100)
@@ -74,3 +74,21 @@ def test_child_environment_is_scrubbed(tmp_path: Path, monkeypatch: pytest.Monke
     assert not [name for name in env if name.startswith("GRADCHECK") or "SECRET" in name]
     assert env["HOME"] == env["TMPDIR"] == str(tmp_path)
     assert env["PATH"] == os.environ["PATH"]
+
+
+@pytest.mark.parametrize("written", [
+    '{"report": {"passed": true}, "error": {"code": "x", "message": "y"}}',  # both
+    "{}",  # neither
+    '{"error": {"code": 7}}',  # an error without its message, a code of the wrong type
+    '{"report": {"passed": true}, "admin": true}',  # a field the protocol does not have
+    "[1, 2]",
+])
+def test_a_result_the_child_wrote_in_the_wrong_shape_is_a_bad_result(tmp_path: Path, written: str) -> None:
+    """The child runs the user's model, which can write anything where the result goes: the worker reads it as the
+    protocol's Result or answers bad_result, never with a KeyError or a half-read run."""
+    from gradcheck_service.service.jobs.launcher import read_result
+
+    (tmp_path / "result.json").write_text(written)
+    outcome = read_result(tmp_path, 2**20, "exited with code 0")
+    assert outcome.result is None and outcome.error_code == "bad_result", outcome
+    assert "wrong shape" in (outcome.error or "")

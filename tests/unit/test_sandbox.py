@@ -159,8 +159,8 @@ def test_spec_caps_hold_on_the_worker_path(tmp_path: Path) -> None:
     (tmp_path / "model.json").write_text(json.dumps(huge))
     (tmp_path / "job.json").write_text(json.dumps({"definition": "model.json", "options": {}}))
     result = execute(tmp_path)
-    assert result["error"]["code"] == "invalid_definition"
-    assert "over the cap" in json.dumps(result["error"]["problems"])
+    assert result.error is not None and result.error.code == "invalid_definition"
+    assert "over the cap" in " ".join(p.message for p in result.error.problems)
 
 
 def test_without_cgroups_the_watchdog_ends_a_fork_bomb_that_ignores_refusals(tmp_path: Path,

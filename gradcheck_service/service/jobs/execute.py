@@ -8,7 +8,6 @@ run no user code and take the configured fast path (``GRADCHECK_RUNNER_MODE``), 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,6 +26,8 @@ from ..store.lifecycle import claim_run, fail_run, finish_run, heartbeat, reap_s
 from ..store.models import Run
 from . import sandbox, scratch
 from .launcher import ForkServerLauncher, SandboxedLauncher, SpawnLauncher, make_launcher
+from .protocol import Job
+from .runner import JOB
 
 log = logging.getLogger(__name__)
 _launcher: SpawnLauncher | ForkServerLauncher | None = None
@@ -89,17 +90,17 @@ def _file_name(model_name: str, suffix: str) -> str:
 
 
 def _write_job(job_dir: Path, run: Run) -> None:
-    job: dict[str, Any] = {"options": run.options, "name": run.model_name}
     if run.layout:
         write_files({f.path: f.content for f in run.files}, job_dir / REPOSITORY)
-        job["definition"] = f"{REPOSITORY}/{run.layout['entry']}"
-        job["pythonpath"] = [REPOSITORY if root == "." else f"{REPOSITORY}/{root}"
-                             for root in run.layout.get("pythonpath") or ["."]]
+        job = Job(definition=f"{REPOSITORY}/{run.layout['entry']}", options=run.options, name=run.model_name,
+                  pythonpath=[REPOSITORY if root == "." else f"{REPOSITORY}/{root}"
+                              for root in run.layout.get("pythonpath") or ["."]])
     else:
-        job["definition"] = _file_name(run.model_name, ".py" if run.definition_kind == "python" else ".json")
+        job = Job(definition=_file_name(run.model_name, ".py" if run.definition_kind == "python" else ".json"),
+                  options=run.options, name=run.model_name)
         (job_dir / DEFINITION).mkdir()
-        (job_dir / job["definition"]).write_text(run.definition, encoding="utf-8")
-    (job_dir / "job.json").write_text(json.dumps(job))
+        (job_dir / job.definition).write_text(run.definition, encoding="utf-8")
+    (job_dir / JOB).write_text(job.model_dump_json(exclude_none=True))
 
 
 def execute_run(run_id: str, config: dict[str, Any]) -> str:
@@ -141,15 +142,15 @@ def execute_run(run_id: str, config: dict[str, Any]) -> str:
     # redelivered (acks_late), or the reaper requeues the run once its heartbeats stop.
     finally:
         scratch.remove(job_dir)
-    if outcome.result is not None and "report" in outcome.result:
-        return finish_run(session, run_id, claim.claim, outcome.result["report"])
-    if outcome.result is not None:
-        error = outcome.result["error"]
-        message = str(error.get("message", ""))
-        extra = [f"{p['path']}: {p['message']}" for p in error.get("problems") or [] if p["message"] not in message]
+    if outcome.result is not None and outcome.result.report is not None:
+        return finish_run(session, run_id, claim.claim, outcome.result.report)
+    if outcome.result is not None and outcome.result.error is not None:
+        error = outcome.result.error
+        message = error.message
+        extra = [f"{p.path}: {p.message}" for p in error.problems if p.message not in message]
         if extra:  # each problem once: those the message already states are not repeated
             message += "\n" + "\n".join(extra)
-        code = str(error.get("code", "error"))
+        code = error.code
     else:
         code, message = outcome.error_code or "error", outcome.error or "the check failed"
     if definition_kind == "python" and code == "invalid_definition":

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from ... import PACKAGE_DIR
-from . import jobgroup, runner, sandbox, scratch
+from . import jobgroup, protocol, runner, sandbox, scratch
 from .containment import classify_exit
+from .protocol import Job, Result, SandboxSpec
 
 # Variables passed through to the child; everything else is dropped.
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -38,7 +39,7 @@ Progress = Callable[[str | None, float | None], bool]  # returns False to abando
 class Outcome:
     """How a check child ended: ``result`` is the parsed result.json, or None with ``error`` saying why."""
 
-    result: dict[str, Any] | None = None
+    result: Result | None = None
     error_code: str | None = None
     error: str | None = None
     stderr_tail: str = ""
@@ -61,10 +62,10 @@ def _kill_group(pid: int) -> None:
 
 def _read_progress(job_dir: Path) -> tuple[str | None, float | None]:
     try:
-        data = json.loads((job_dir / runner.PROGRESS).read_text())
-        return str(data.get("stage")), float(data.get("fraction"))
-    except (OSError, ValueError, TypeError):
+        progress = protocol.Progress.model_validate_json((job_dir / runner.PROGRESS).read_text())
+    except (OSError, ValueError):
         return None, None
+    return progress.stage, progress.fraction
 
 
 def _tail(path: Path, limit: int = 2000) -> str:
@@ -90,11 +91,15 @@ def read_result(job_dir: Path, max_bytes: int, exit_note: str) -> Outcome:
         return Outcome(error_code="report_too_large", stderr_tail=stderr,
                        error=f"the report is {size:,} bytes, over the limit of {max_bytes:,} bytes")
     try:
-        result = json.loads(path.read_text())
-    except ValueError as exc:
+        text = path.read_text()
+    except (OSError, ValueError) as exc:
         return Outcome(error_code="bad_result", error=f"the check process wrote an unreadable result: {exc}")
-    if not isinstance(result, dict) or not ("report" in result or "error" in result):
-        return Outcome(error_code="bad_result", error="the check process wrote a result of the wrong shape")
+    try:
+        result = Result.model_validate_json(text)
+    except ValueError as exc:  # pydantic's ValidationError: unreadable JSON, or not a report or an error
+        first = str(exc).splitlines()[:3]
+        return Outcome(error_code="bad_result", error=f"the check process wrote a result of the wrong shape: "
+                       f"{' '.join(first)}")
     return Outcome(result=result, stderr_tail=stderr)
 
 
@@ -210,7 +215,7 @@ class SandboxedLauncher(SpawnLauncher):
         finally:
             self.group.remove()
             self.group = None
-        if breach is not None and (outcome.result is None or "error" in outcome.result):
+        if breach is not None and (outcome.result is None or outcome.result.error is not None):
             outcome = Outcome(error_code=breach.code, error=breach.message, stderr_tail=outcome.stderr_tail)
         return outcome
 
@@ -267,9 +272,9 @@ class SandboxedLauncher(SpawnLauncher):
 
     def prepare(self, job_dir: Path) -> dict[str, str]:
         job_file = job_dir / runner.JOB
-        job = json.loads(job_file.read_text())
-        job["sandbox"] = {"limits": self.limits, "isolation": self.isolation.as_dict()}
-        job_file.write_text(json.dumps(job))
+        job = Job.model_validate_json(job_file.read_text())
+        job.sandbox = SandboxSpec(limits=dict(self.limits), isolation=self.isolation.as_dict())
+        job_file.write_text(job.model_dump_json(exclude_none=True))
         sandbox.prepare_scratch(job_dir, self.isolation)
         # No account owns the sandbox's user id: name one, for libraries that ask (getpass reads these first).
         return child_env(job_dir) | {"USER": "sandbox", "LOGNAME": "sandbox"}

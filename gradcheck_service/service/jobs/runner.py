@@ -1,9 +1,9 @@
 """The child process that runs one check: the only place a submitted model is loaded.
 
-A job is a directory holding ``job.json`` (``{"definition": "model.py", "options": {...}, "name": ...}``) and the
-definition file. The runner writes ``progress.json`` while it works and ``result.json`` at the end: either
-``{"report": {...}}`` or ``{"error": {"code", "message", "problems"?}}``. It never talks to the database or the
-broker and is started with an environment that holds neither their URLs nor any token.
+A job is a directory holding ``job.json`` (a :class:`~.protocol.Job`) and the definition file. The runner writes
+``progress.json`` while it works and ``result.json`` at the end (a :class:`~.protocol.Result`: the report, or the
+error in its place). It never talks to the database or the broker and is started with an environment that holds
+neither their URLs nor any token.
 
 Two ways to start it (``GRADCHECK_RUNNER_MODE``):
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import strict_json
+from .protocol import Job, JobError, Problem, Progress, Result
 
 RESULT = "result.json"
 PROGRESS = "progress.json"
@@ -56,9 +57,10 @@ def contain(job_dir: Path) -> None:
     os.chdir(job_dir)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_json(path: Path, message: Progress | Result) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(strict_json.dumps(data))  # NaN/Inf as their strings: the stored report must stay strict JSON
+    # NaN/Inf as their strings: the stored report must stay strict JSON
+    tmp.write_text(strict_json.dumps(message.model_dump(exclude_none=True)))
     os.replace(tmp, path)
 
 
@@ -75,25 +77,24 @@ class _Progress:
             return
         self.last = now
         with contextlib.suppress(OSError, ValueError):
-            _write_json(self.path, {"stage": str(stage)[:64], "fraction": float(fraction), "at": time.time()})
+            _write_json(self.path, Progress(stage=str(stage)[:64], fraction=float(fraction), at=time.time()))
 
 
-def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message[:4000], **extra}}
+def _error(code: str, message: str, **extra: Any) -> Result:
+    return Result(error=JobError(code=code, message=message[:4000], **extra))
 
 
-def _contained(exc: BaseException, job_dir: Path, job: dict[str, Any]) -> dict[str, Any] | None:
+def _contained(exc: BaseException, job_dir: Path, job: Job | None) -> Result | None:
     """The error result when ``exc`` is a sandbox limit or block at work (only for sandboxed jobs), else None."""
-    sandbox = job.get("sandbox")
-    if not isinstance(sandbox, dict):
+    if job is None or job.sandbox is None:
         return None
     from .containment import classify_exception
 
-    found = classify_exception(exc, job_dir, dict(sandbox.get("limits") or {}))
+    found = classify_exception(exc, job_dir, dict(job.sandbox.limits))
     return _error(*found) if found else None
 
 
-def _missing_package(exc: Exception, local_dirs: list[Path]) -> dict[str, Any] | None:
+def _missing_package(exc: Exception, local_dirs: list[Path]) -> Result | None:
     """The ``missing_package`` error when the model imports a module that is neither in the submitted files nor
     installed here: it names the module, says what this environment has, and where to list it."""
     from ...definitions.pyfile import MissingModuleError
@@ -113,20 +114,22 @@ def _missing_package(exc: Exception, local_dirs: list[Path]) -> dict[str, Any] |
                   module=exc.module)
 
 
-def _without_job_dir(result: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+def _without_job_dir(result: Result, job_dir: Path) -> Result:
     """File names in an error as the user knows them: ``mylib/layers.py``, not the job directory's copy."""
-    text = json.dumps(result)
+    text = result.model_dump_json(exclude_none=True)
     for folder in ("repository", "definition"):
         text = text.replace(json.dumps(f"{job_dir / folder}/")[1:-1], "")
-    return dict(json.loads(text))
+    return Result.model_validate_json(text)
 
 
-def _read_job(job_dir: Path) -> dict[str, Any]:
-    job = json.loads((job_dir / JOB).read_text())
-    return job if isinstance(job, dict) else {}
+def _read_job(job_dir: Path) -> Job | None:
+    try:
+        return Job.model_validate_json((job_dir / JOB).read_text())
+    except (OSError, ValueError):
+        return None
 
 
-def execute(job_dir: Path) -> dict[str, Any]:
+def execute(job_dir: Path) -> Result:
     """Load the definition and run the check; every failure becomes an ``error`` result naming its cause."""
     from pydantic import ValidationError
 
@@ -136,27 +139,29 @@ def execute(job_dir: Path) -> dict[str, Any]:
     from ...options import CheckOptions
 
     job = _read_job(job_dir)
+    if job is None:
+        return _error("runner_failed", f"the job folder holds no valid {JOB}")
     progress = _Progress(job_dir / PROGRESS)
     progress("loading", 0.0)
     try:
-        options = CheckOptions.model_validate(job.get("options") or {})
+        options = CheckOptions.model_validate(job.options)
     except ValidationError as exc:
         return _error("invalid_options", str(exc))
-    import_paths = [job_dir / p for p in job.get("pythonpath") or []]
+    import_paths = [job_dir / p for p in job.pythonpath]
     # What the model's code prints lands in the report (capped). It is written to OUTPUT in the job directory
     # while it runs, so that the launcher still finds it (e.g. an allocator's last words) if the child dies.
     try:
-        report = check_definition(job_dir / job["definition"], import_paths, options, name=job.get("name"),
+        report = check_definition(job_dir / job.definition, import_paths, options, name=job.name,
                                   captured=CapturedOutput(job_dir / OUTPUT),
                                   progress=lambda _terminal: contextlib.nullcontext(progress))
     except DefinitionError as exc:
         contained = _contained(exc, job_dir, job)
         if contained:
             return contained
-        missing = _missing_package(exc, [(job_dir / job["definition"]).parent, *import_paths])
+        missing = _missing_package(exc, [(job_dir / job.definition).parent, *import_paths])
         if missing:
             return missing
-        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+        problems = [Problem(path=p.path, message=p.message) for p in exc.problems]
         return _error("invalid_definition", str(exc), problems=problems)
     except Exception as exc:  # the model's own code raised: report it as the run's error, not a crash
         contained = _contained(exc, job_dir, job)
@@ -168,7 +173,7 @@ def execute(job_dir: Path) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
         return _error("check_failed", message)
     progress("done", 1.0)
-    return {"report": report.to_jsonable()}
+    return Result(report=report.to_jsonable())
 
 
 def run_job(job_dir: Path) -> int:
@@ -187,10 +192,10 @@ def run_job(job_dir: Path) -> int:
             result = _contained(exc, job_dir, _read_job(job_dir)) or result
     if os.getpid() != main_pid:  # a process the model forked came back through here: only the runner reports
         os._exit(EXIT_ERROR)
-    if "error" in result:
+    if result.error is not None:
         result = _without_job_dir(result, job_dir)
     _write_json(job_dir / RESULT, result)
-    return EXIT_OK if "report" in result else EXIT_ERROR
+    return EXIT_OK if result.report is not None else EXIT_ERROR
 
 
 def _preload() -> None:
