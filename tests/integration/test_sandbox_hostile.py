@@ -74,7 +74,7 @@ class LiveService:
         return ServiceClient(self.url, self.token).submit(path, {}, {"labels": ["hostile"]})
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return ServiceClient(self.url, self.token).run(run_id)
+        return ServiceClient(self.url, self.token).run(run_id).model_dump(mode="json")
 
     def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
         return dict(wait_until(lambda: (r := self.run(run_id))["status"] in ("passed", "failed", "error") and r,

@@ -72,7 +72,7 @@ def _embedded(tmp: Path) -> Iterator[Backend]:
     server = ServiceProcess(["serve", "--port", str(port), "--workers", "1"], env, tmp / "serve.log")
     try:
         wait_until_ready(url, 120, "the embedded service to be ready")
-        yield Backend(lambda source, name: _submit(client_of, tmp, source, name), client_of.run, [server])
+        yield Backend(lambda source, name: _submit(client_of, tmp, source, name), _reader(client_of), [server])
     finally:
         server.stop()
 
@@ -91,11 +91,16 @@ def _redis_pg(tmp: Path, pg_url: str, redis: RedisTarget) -> Iterator[Backend]:
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(url, 120, "the API to be ready")
         client_of = ServiceClient(url, made.stdout.strip().splitlines()[-1])
-        yield Backend(lambda source, name: _submit(client_of, tmp, source, name), client_of.run, [api, worker])
+        yield Backend(lambda source, name: _submit(client_of, tmp, source, name), _reader(client_of), [api, worker])
     finally:
         if worker is not None:
             worker.stop()
         api.stop()
+
+
+def _reader(client: ServiceClient) -> Callable[[str], dict[str, Any]]:
+    """A run as the API's JSON answers it (the client reads it as a RunOut)."""
+    return lambda run_id: client.run(run_id).model_dump(mode="json")
 
 
 def _submit(client: ServiceClient, tmp: Path, source: str, name: str) -> str:

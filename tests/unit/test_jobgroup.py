@@ -40,6 +40,20 @@ def _breach_within(group: jobgroup.JobGroup, seconds: float) -> jobgroup.Breach 
     return None
 
 
+def _until_children(pid: int, count: int, timeout: float = 20.0) -> None:
+    """Wait until the process has ``count`` children (it joined the job and started them)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        if len(children) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not start {count} children within {timeout} s")
+
+
 def _name() -> str:
     return f"gradcheck-unit-{time.monotonic_ns()}"
 
@@ -90,7 +104,7 @@ def test_remove_kills_every_process_of_the_job_and_leaves_no_cgroup(mechanism: s
     name = _name()
     group = jobgroup.open_group(mechanism, name, jobgroup.JobLimits(2**30, 16, 1, 60))
     proc = _start(group, ["sh", "-c", "sleep 30 & sleep 30 & wait"])
-    time.sleep(0.5)
+    _until_children(proc.pid, 2)  # the shell inside the job, both sleeps started: on a busy machine 0.5 s was not
     group.check()  # the watchdog learns the job's processes by sampling
     group.remove()
     assert proc.wait(timeout=10) == -9

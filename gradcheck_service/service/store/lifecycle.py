@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
@@ -33,6 +33,7 @@ from .ingest import report_rows
 from .models import REPORTED_STATUSES, Run, utcnow
 from .retry import UNAVAILABLE, retrying
 
+REQUEUED = "requeued"  # progress_stage of a run the reaper sent again (heartbeat_at: when)
 log = logging.getLogger(__name__)
 
 ClaimOutcome = Literal["run", "gone", "exhausted"]
@@ -198,10 +199,13 @@ def reap_stale_runs(session: Session, stale_after_s: float) -> list[str]:
 
     * ``running`` with no heartbeat for ``stale_after_s`` -- or ``error`` when their attempts are used up;
     * ``queued`` but received by a worker ``stale_after_s`` ago and never started (the worker died holding it);
-    * ``queued``, never received, while a run sent after it on the same queue was started ``stale_after_s`` ago.
-      Kombu's Redis transport pops a message before it records it as unacknowledged, so a worker killed in
-      between loses it without a trace; the queue is first-in first-out, so the later run's start proves the
-      earlier message was taken.
+    * ``queued``, its message (first or requeued) never received, while a run sent after it on the same queue was
+      started ``stale_after_s`` ago. Kombu's Redis transport pops a message before it records it as
+      unacknowledged, so a worker killed in between loses it without a trace; the queue is first-in first-out, so
+      the later run's start proves the earlier message was taken.
+
+    A requeued run keeps the time it was sent again in ``heartbeat_at`` (``progress_stage`` "requeued"), so its new
+    message is watched the same way as a first one.
     """
     now = utcnow()
     threshold = now - dt.timedelta(seconds=stale_after_s)
@@ -223,24 +227,28 @@ def reap_stale_runs(session: Session, stale_after_s: float) -> list[str]:
                 f"attempt {attempts} of {max_attempts}; not retried again",
             ))
         elif session.execute(guard.values(
-            status="queued", claim=None, heartbeat_at=None, progress=None, progress_stage="requeued",
+            status="queued", claim=None, heartbeat_at=now, progress=None, progress_stage=REQUEUED,
         )).rowcount:  # type: ignore[attr-defined]
             requeue.append(run_id)
-    orphaned = session.scalars(select(Run.id).where(Run.status == "queued", Run.heartbeat_at < threshold)).all()
-    for run_id in orphaned:
-        if session.execute(update(Run).where(Run.id == run_id, Run.status == "queued", Run.heartbeat_at < threshold)
-                           .values(heartbeat_at=None, progress_stage="requeued")).rowcount:  # type: ignore[attr-defined]
+    received = (Run.status == "queued", Run.progress_stage == "received", Run.heartbeat_at < threshold)
+    for run_id in session.scalars(select(Run.id).where(*received)).all():
+        if session.execute(update(Run).where(Run.id == run_id, *received)
+                           .values(heartbeat_at=now, progress_stage=REQUEUED)).rowcount:  # type: ignore[attr-defined]
             requeue.append(run_id)
+    # When the message now on the queue was sent: at submission, or when the reaper sent it again.
+    first = (Run.attempts == 0) & Run.progress_stage.is_(None)
+    again = Run.progress_stage == REQUEUED
     later = aliased(Run)
+    never_received = (Run.status == "queued", first | again)
+    sent_at = case((again, func.coalesce(Run.heartbeat_at, Run.created_at)), else_=Run.created_at)
     lost = session.scalars(select(Run.id).where(
-        Run.status == "queued", Run.attempts == 0, Run.heartbeat_at.is_(None), Run.progress_stage.is_(None),
-        select(later.id).where(later.queue == Run.queue, later.created_at > Run.created_at,
+        *never_received,
+        select(later.id).where(later.queue == Run.queue, later.created_at > sent_at,
                                later.started_at < threshold).exists(),
     )).all()
     for run_id in lost:
-        if session.execute(update(Run).where(Run.id == run_id, Run.status == "queued", Run.attempts == 0,
-                                             Run.progress_stage.is_(None))
-                           .values(progress_stage="requeued")).rowcount:  # type: ignore[attr-defined]
+        if session.execute(update(Run).where(Run.id == run_id, *never_received)
+                           .values(heartbeat_at=now, progress_stage=REQUEUED)).rowcount:  # type: ignore[attr-defined]
             requeue.append(run_id)
     session.commit()
     return requeue
