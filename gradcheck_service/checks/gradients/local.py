@@ -183,30 +183,39 @@ def _stock_linear_probes(
     terms = weight[0].numel() + 1 + cot.numel()  # the longest sums: one output entry, then the projection
     eps = float(torch.finfo(cot.dtype).eps)
 
-    def through_layer(chunks: Iterator[tuple[slice, torch.Tensor]], fn: LinearMap, out_grad: torch.Tensor) -> float:
-        total = 0.0
+    gradients = [item.analytic.reshape(-1) for item in items]
+    projected = []  # <d, autograd's gradient>, taken while each probe is drawn for the map anyway
+
+    def through_layer(chunks: Iterator[tuple[slice, torch.Tensor]], fn: LinearMap, out_grad: torch.Tensor,
+                      along: torch.Tensor | None = None) -> tuple[float, float]:
+        total, dot = 0.0, 0.0
         for where, piece in chunks:
             first, last = where.start // row, where.stop // row
             z = fn(piece.view(last - first, *weight.shape[1:]), None)
             total += float((out_grad.narrow(channel, first, last - first) * z).sum())
-        return total
+            if along is not None:
+                dot += float(torch.dot(piece.to(torch.float64), along[where]))
+        return total, dot
 
     with torch.no_grad():
         for d in dirs:
-            value = through_layer(d.chunks(0), linear_map_x, cot)
+            value, dot = through_layer(d.chunks(0), linear_map_x, cot, gradients[0])
             if bias is not None:
-                value += sum(float((per_channel[where] * piece).sum()) for where, piece in d.chunks(1))
+                for at, piece in d.chunks(1):
+                    value += float((per_channel[at] * piece).sum())
+                    dot += float(torch.dot(piece.to(torch.float64), gradients[1][at]))
             numeric.append(value)
+            projected.append(dot)
         # Every probe has the same magnitudes (+-1 times the scale), so one rounding bound serves them all.
         flat_w = weight.detach().reshape(-1)
         scales = ((where, robust_scale(flat_w[where], space.floor)) for where in _slices(weight.numel(), rows_chunk))
-        magnitude = through_layer(scales, linear_map_abs, cot.abs())
+        magnitude, _ = through_layer(scales, linear_map_abs, cot.abs())
         if bias is not None:
             magnitude += float((per_channel_abs * robust_scale(bias, space.floor)).sum())
         bound = terms * eps * magnitude
     measured = Measured(torch.tensor(numeric, dtype=torch.float64), torch.full((opts.probes,), bound, dtype=torch.float64),
                         torch.zeros(opts.probes, dtype=torch.bool))
-    comparison = compare(dirs.project([item.analytic for item in items]), measured,
+    comparison = compare(torch.tensor(projected, dtype=torch.float64), measured,
                          torch.empty((opts.probes, 0), dtype=torch.long), opts, dtype)
     where = f"{rec.name or '<root>'}" + (f" call {rec.call}" if rec.call else "")
     method = (f"local: {type(layer).__name__} {where}'s exact linear map at its recorded input (a difference "
