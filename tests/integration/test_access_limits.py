@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -72,14 +73,19 @@ class Gunicorn:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip().splitlines()[-1]
 
-    def served_by(self, method: str, path: str) -> dict[int, Counter[int]]:
-        """From the access log: for ``method path`` requests, the status counts per gunicorn process id."""
-        per_pid: dict[int, Counter[int]] = {}
-        for line in self.access_log.read_text().splitlines():
-            pid, status, logged_method, logged_path = line.split(" ", 3)
-            if (logged_method, logged_path) == (method, path):
-                per_pid.setdefault(int(pid.strip("<>")), Counter())[int(status)] += 1
-        return per_pid
+    def served_by(self, method: str, path: str, requests: int) -> dict[int, Counter[int]]:
+        """From the access log: for ``method path`` requests, the status counts per gunicorn process id, once all
+        ``requests`` of them are logged (a process writes its line after it answered, so the last may lag)."""
+        deadline = time.monotonic() + 10
+        while True:
+            per_pid: dict[int, Counter[int]] = {}
+            for line in self.access_log.read_text().splitlines():
+                pid, status, logged_method, logged_path = line.split(" ", 3)
+                if (logged_method, logged_path) == (method, path):
+                    per_pid.setdefault(int(pid.strip("<>")), Counter())[int(status)] += 1
+            if sum(sum(c.values()) for c in per_pid.values()) >= requests or time.monotonic() > deadline:
+                return per_pid
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -127,7 +133,7 @@ def test_rate_limit_and_queue_quota_hold_across_three_gunicorn_workers(gunicorn:
     for answer in (a for a in answers if a.status == 429):
         assert answer.body["error"]["code"] == "rate_limited"
         assert 0 < int(answer.headers["Retry-After"]) <= 61
-    served = gunicorn.served_by("GET", "/api/v1/runs")
+    served = gunicorn.served_by("GET", "/api/v1/runs", RATE_LIMIT + 20)
     assert sum(c[200] for c in served.values()) == RATE_LIMIT
     assert len([pid for pid, c in served.items() if c[200]]) >= 2, f"one process served everything: {served}"
     assert gunicorn.request("GET", "/api/v1/models", limited).status == 429  # one budget for all routes
@@ -145,7 +151,7 @@ def test_rate_limit_and_queue_quota_hold_across_three_gunicorn_workers(gunicorn:
     assert f"limit is {MAX_QUEUED}" in refused.body["error"]["message"]
     listed = gunicorn.request("GET", "/api/v1/runs?status=queued", submitter).body["runs"]
     assert len(listed) == MAX_QUEUED
-    posted = gunicorn.served_by("POST", "/api/v1/runs")
+    posted = gunicorn.served_by("POST", "/api/v1/runs", 12)
     assert sum(c[202] for c in posted.values()) == MAX_QUEUED
     assert len(posted) >= 2, f"one process served every submission: {posted}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -42,18 +43,26 @@ def test_a_default_cli_check_in_a_fresh_process_does_not_import_dynamo() -> None
 
 
 class _Counted(nn.Module):
-    """A small MLP that counts its forwards (a pre-hook) and backwards (a hook on its first weight)."""
+    """A small MLP that counts its forwards (a pre-hook) and backwards (a hook on its first weight).
+
+    The counts live outside the module: a check puts the module's own attributes back as they were.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.body = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
-        self.forwards = self.backwards = 0
-        self.register_forward_pre_hook(lambda *_: self._count("forwards"))
-        self.body[0].weight.register_hook(lambda grad: self._count("backwards"))
+        counts = self.counts = Counter[str]()
+        self.register_forward_pre_hook(lambda *_: counts.update(["forwards"]))
+        self.body[0].weight.register_hook(lambda grad: counts.update(["backwards"]))
 
-    def _count(self, what: str) -> None:
-        setattr(self, what, getattr(self, what) + 1)
+    @property
+    def forwards(self) -> int:
+        return self.counts["forwards"]
+
+    @property
+    def backwards(self) -> int:
+        return self.counts["backwards"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
